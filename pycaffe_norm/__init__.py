@@ -1,0 +1,8 @@
+"""pycaffe_norm: Caffe-compatible deep learning in Python, with pycaffe's API (``import pycaffe_norm as caffe``)."""
+from .backend import set_device, set_mode_cpu, set_mode_gpu  # noqa: F401
+from .blob import Blob  # noqa: F401
+from .layers import Layer, layer_type_list  # noqa: F401
+from .proto.caffe_pb2 import TEST, TRAIN  # noqa: F401
+from .random import set_random_seed  # noqa: F401
+
+__version__ = "0.1.0"

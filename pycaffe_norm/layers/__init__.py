@@ -1,0 +1,21 @@
+"""Layer families. Importing this package registers every layer type with the registry in ``base``."""
+from __future__ import annotations
+
+from ..proto import caffe_pb2
+from .base import TEST, TRAIN, Layer, layer_class, layer_type_list, register  # noqa: F401
+
+# One module per layer family; each registers its classes on import.
+from . import common  # noqa: F401,E402  Split, Concat, Slice, Eltwise, Flatten, Reshape, Silence
+from . import data  # noqa: F401,E402  Input, HDF5Data
+from . import vision  # noqa: F401,E402  Convolution, Deconvolution, Pooling
+from . import inner_product  # noqa: F401,E402  InnerProduct
+from . import neuron  # noqa: F401,E402  ReLU, Sigmoid, TanH, AbsVal, ELU, Power, PReLU, Dropout
+from . import loss  # noqa: F401,E402  Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy
+from . import normalization  # noqa: F401,E402  BatchNorm, LRN, MVN, Normalization1, GRN, Normalize
+from . import scale  # noqa: F401,E402  Scale, Bias
+
+
+def create_layer(param: caffe_pb2.LayerParameter, phase: int = TRAIN) -> Layer:
+    """Builds the layer that ``param.type`` names."""
+    cls = layer_class(param.type, param.name)
+    return cls(param, phase)
