@@ -6,3 +6,6 @@ from .proto.caffe_pb2 import TEST, TRAIN  # noqa: F401
 from .random import set_random_seed  # noqa: F401
 
 __version__ = "0.1.0"
+
+from . import io  # noqa: F401,E402
+from .net import Net  # noqa: F401,E402

@@ -1,0 +1,86 @@
+"""Reading and writing Caffe's text and binary protobuf files, with errors that name file, line and field."""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+from google.protobuf import message as _message
+from google.protobuf import text_format
+
+from .errors import PcnError, PrototxtError
+
+_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise PcnError("%s not found: %s" % (what, path))
+    if os.path.isdir(path):
+        raise PcnError("%s is a directory, not a file: %s" % (what, path))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_text(text: str, msg, source: str = "<string>"):
+    """Parses prototxt ``text`` into ``msg``; a syntax error names source:line:column and the field."""
+    try:
+        text_format.Parse(text, msg)
+    except text_format.ParseError as e:
+        line, col = e.GetLine(), e.GetColumn()
+        detail = str(e)
+        # protobuf prefixes the message with "line:col : "; keep only the explanation.
+        detail = re.sub(r"^\d+:\d+ : ", "", detail)
+        where = "%s:%s:%s" % (source, line, col) if line is not None else source
+        m = _UNKNOWN_FIELD.search(detail)
+        if m:
+            detail += (" (field %r is not in pcn's Caffe schema; it may come from a Caffe fork that pcn does not "
+                       "know)" % m.group(1))
+        raise PrototxtError("%s: %s" % (where, detail)) from None
+    return msg
+
+
+def read_text(path: str, msg, what: str = "prototxt file"):
+    data = _read_bytes(path, what)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PrototxtError("%s: not a text prototxt (is it a binary .caffemodel?)" % path) from None
+    return parse_text(text, msg, os.fspath(path))
+
+
+def read_binary(path: str, msg, what: str = "binary proto file"):
+    data = _read_bytes(path, what)
+    try:
+        msg.ParseFromString(data)
+    except _message.DecodeError as e:
+        raise PcnError("%s: cannot decode as a binary %s (%s); is it a text prototxt or a truncated file?"
+                       % (path, msg.DESCRIPTOR.name, e)) from None
+    return msg
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename, so a crash never leaves half a file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_binary(path: str, msg) -> None:
+    atomic_write(path, msg.SerializeToString())
+
+
+def write_text(path: str, msg) -> None:
+    atomic_write(path, text_format.MessageToString(msg).encode("utf-8"))
