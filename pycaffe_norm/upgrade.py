@@ -75,7 +75,8 @@ def upgrade_net(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     if param.input:
         n = len(param.input)
         if param.input_shape and len(param.input_shape) != n:
-            raise NetError("net %r: %d input names but %d input_shape entries" % (param.name, n, len(param.input_shape)))
+            raise NetError("net %r: %d input names but %d input_shape entries"
+                           % (param.name, n, len(param.input_shape)))
         if param.input_dim and len(param.input_dim) != 4 * n:
             raise NetError("net %r: input_dim needs 4 values per input (%d inputs, %d values)"
                            % (param.name, n, len(param.input_dim)))

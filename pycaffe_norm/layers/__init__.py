@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 from ..proto import caffe_pb2
-from .base import TEST, TRAIN, Layer, layer_class, layer_type_list, register  # noqa: F401
 
 # One module per layer family; each registers its classes on import.
-from . import common  # noqa: F401,E402  Split, Concat, Slice, Eltwise, Flatten, Reshape, Silence
-from . import data  # noqa: F401,E402  Input, HDF5Data
-from . import vision  # noqa: F401,E402  Convolution, Deconvolution, Pooling
-from . import inner_product  # noqa: F401,E402  InnerProduct
-from . import neuron  # noqa: F401,E402  ReLU, Sigmoid, TanH, AbsVal, ELU, Power, PReLU, Dropout
-from . import loss  # noqa: F401,E402  Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy
-from . import normalization  # noqa: F401,E402  BatchNorm, LRN, MVN, Normalization1, GRN, Normalize
-from . import scale  # noqa: F401,E402  Scale, Bias
+from . import (
+    common,  # noqa: F401,E402  Split, Concat, Slice, Eltwise, Flatten, Reshape, Silence
+    data,  # noqa: F401,E402  Input, HDF5Data
+    inner_product,  # noqa: F401,E402  InnerProduct
+    loss,  # noqa: F401,E402  Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy
+    neuron,  # noqa: F401,E402  ReLU, Sigmoid, TanH, AbsVal, ELU, Power, PReLU, Dropout
+    normalization,  # noqa: F401,E402  BatchNorm, LRN, MVN, Normalization1, GRN, Normalize
+    scale,  # noqa: F401,E402  Scale, Bias
+    vision,  # noqa: F401,E402  Convolution, Deconvolution, Pooling
+)
+from .base import TEST, TRAIN, Layer, layer_class, layer_type_list, register  # noqa: F401
 
 
 def create_layer(param: caffe_pb2.LayerParameter, phase: int = TRAIN) -> Layer:
