@@ -9,3 +9,12 @@ __version__ = "0.1.0"
 
 from . import io  # noqa: F401,E402
 from .net import Net  # noqa: F401,E402
+from .solvers import (  # noqa: F401,E402
+    AdaDeltaSolver,
+    AdaGradSolver,
+    AdamSolver,
+    NesterovSolver,
+    RMSPropSolver,
+    SGDSolver,
+    get_solver,
+)

@@ -1,0 +1,108 @@
+"""Caffe's update rules: SGD with momentum, Nesterov, AdaGrad, RMSProp, AdaDelta and Adam."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import PcnError
+from .solver import Solver
+
+
+class SGDSolver(Solver):
+    """history = momentum * history + local_rate * grad; w -= history."""
+
+    type = "SGD"
+
+    def compute_update_value(self, i, rate):
+        blob, h = self.net.learnable_params[i], self.history[i].data
+        h *= blob.dtype.type(self.param.momentum)
+        h += blob.dtype.type(self.local_rate(i, rate)) * blob.diff
+        blob.diff[...] = h
+
+
+class NesterovSolver(Solver):
+    type = "Nesterov"
+
+    def compute_update_value(self, i, rate):
+        blob, h = self.net.learnable_params[i], self.history[i].data
+        m = blob.dtype.type(self.param.momentum)
+        previous = h.copy()
+        h *= m
+        h += blob.dtype.type(self.local_rate(i, rate)) * blob.diff
+        blob.diff[...] = (1 + m) * h - m * previous
+
+
+class AdaGradSolver(Solver):
+    type = "AdaGrad"
+
+    def check_param(self):
+        if self.param.momentum != 0:
+            raise PcnError("solver: momentum cannot be used with AdaGrad")
+
+    def compute_update_value(self, i, rate):
+        blob, h = self.net.learnable_params[i], self.history[i].data
+        xp, t = blob.xp, blob.dtype.type
+        h += blob.diff * blob.diff
+        blob.diff[...] = t(self.local_rate(i, rate)) * blob.diff / (xp.sqrt(h) + t(self.param.delta))
+
+
+class RMSPropSolver(Solver):
+    type = "RMSProp"
+
+    def check_param(self):
+        if self.param.momentum != 0:
+            raise PcnError("solver: momentum cannot be used with RMSProp")
+        if not 0 <= self.param.rms_decay <= 1:
+            raise PcnError("solver: rms_decay must be in [0, 1], got %g" % self.param.rms_decay)
+
+    def compute_update_value(self, i, rate):
+        blob, h = self.net.learnable_params[i], self.history[i].data
+        xp, t = blob.xp, blob.dtype.type
+        decay = t(self.param.rms_decay)
+        h *= decay
+        h += (1 - decay) * blob.diff * blob.diff
+        blob.diff[...] = t(self.local_rate(i, rate)) * blob.diff / (xp.sqrt(h) + t(self.param.delta))
+
+
+class AdaDeltaSolver(Solver):
+    """history[i]: decayed squared gradients; history[n + i]: decayed squared updates."""
+
+    type = "AdaDelta"
+    history_multiplier = 2
+
+    def compute_update_value(self, i, rate):
+        blob = self.net.learnable_params[i]
+        g2, u2 = self.history[i].data, self.history[len(self.net.learnable_params) + i].data
+        xp, t = blob.xp, blob.dtype.type
+        m, delta = t(self.param.momentum), t(self.param.delta)
+        g2 *= m
+        g2 += (1 - m) * blob.diff * blob.diff
+        blob.diff *= xp.sqrt((u2 + delta) / (g2 + delta))
+        u2 *= m
+        u2 += (1 - m) * blob.diff * blob.diff
+        blob.diff *= t(self.local_rate(i, rate))
+
+
+class AdamSolver(Solver):
+    """history[i]: first moment m; history[n + i]: second moment v; bias correction with t = iter + 1."""
+
+    type = "Adam"
+    history_multiplier = 2
+
+    def compute_update_value(self, i, rate):
+        blob = self.net.learnable_params[i]
+        mom, v = self.history[i].data, self.history[len(self.net.learnable_params) + i].data
+        xp, t = blob.xp, blob.dtype.type
+        b1, b2 = float(np.float32(self.param.momentum)), float(np.float32(self.param.momentum2))
+        step = self.iter + 1
+        correction = math.sqrt(1.0 - b2 ** step) / (1.0 - b1 ** step)
+        mom *= t(b1)
+        mom += t(1 - b1) * blob.diff
+        v *= t(b2)
+        v += t(1 - b2) * blob.diff * blob.diff
+        blob.diff[...] = t(self.local_rate(i, rate) * correction) * mom / (xp.sqrt(v) + t(self.param.delta))
+
+
+SOLVERS = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver,
+                                     AdamSolver)}

@@ -1,0 +1,394 @@
+"""The Solver: builds the train and test nets, runs iterations, tests, logs and snapshots (Caffe's ``Solver``)."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import List, Optional
+
+import numpy as np
+
+from .. import backend, prototxt
+from ..blob import Blob
+from ..errors import PcnError
+from ..io.arrays import array_to_blobproto, blobproto_to_array
+from ..net import TEST, TRAIN, Net
+from ..proto import caffe_pb2
+from ..random import set_random_seed
+
+log = logging.getLogger("pycaffe_norm")
+
+_LEGACY_TYPES = {
+    caffe_pb2.SolverParameter.SGD: "SGD", caffe_pb2.SolverParameter.NESTEROV: "Nesterov",
+    caffe_pb2.SolverParameter.ADAGRAD: "AdaGrad", caffe_pb2.SolverParameter.RMSPROP: "RMSProp",
+    caffe_pb2.SolverParameter.ADADELTA: "AdaDelta", caffe_pb2.SolverParameter.ADAM: "Adam",
+}
+
+
+def read_solver_param(path: str) -> caffe_pb2.SolverParameter:
+    """Reads a solver prototxt and applies Caffe's upgrades (solver_type enum, default snapshot_prefix)."""
+    param = prototxt.read_text(path, caffe_pb2.SolverParameter(), "solver prototxt")
+    if param.HasField("solver_type") and not param.HasField("type"):
+        param.type = _LEGACY_TYPES[param.solver_type]
+    base = os.path.splitext(os.fspath(path))[0]
+    if not param.HasField("snapshot_prefix"):
+        param.snapshot_prefix = base
+    elif param.snapshot_prefix.endswith("/") or os.path.isdir(param.snapshot_prefix):
+        param.snapshot_prefix = os.path.join(param.snapshot_prefix, os.path.basename(base))
+    return param
+
+
+def _resolve(path: str, solver_path: Optional[str]) -> str:
+    """Caffe reads paths relative to the working directory; pcn also tries the solver file's directory."""
+    if os.path.exists(path) or os.path.isabs(path) or not solver_path:
+        return path
+    alt = os.path.join(os.path.dirname(os.path.abspath(solver_path)), path)
+    return alt if os.path.exists(alt) else path
+
+
+class Solver:
+    """Base class: subclasses implement ``compute_update_value(param_id, rate)`` (Caffe's update rules)."""
+
+    type = None
+    history_multiplier = 1  # history blobs per parameter (AdaDelta and Adam keep two)
+
+    def __init__(self, solver, param: Optional[caffe_pb2.SolverParameter] = None):
+        source = None if isinstance(solver, caffe_pb2.SolverParameter) else os.fspath(solver)
+        if param is None:
+            param = solver if source is None else read_solver_param(source)
+        self.param = param
+        self.source = source
+        if param.random_seed >= 0:
+            set_random_seed(param.random_seed)
+        self.iter = 0
+        self.current_step = 0
+        self._losses: List[float] = []
+        self.smoothed_loss = 0.0
+        self.check_param()
+        self.net = self._init_train_net()
+        self.test_nets = self._init_test_nets()
+        self.history = [Blob(p.shape, dtype=p.dtype, xp=p.xp)
+                        for _ in range(self.history_multiplier) for p in self.net.learnable_params]
+
+    def check_param(self) -> None:
+        """Solver-specific checks of the SolverParameter (Caffe's constructors' CHECKs)."""
+
+    # --- nets ---------------------------------------------------------------------------------------------
+    def _read_net(self, path: str) -> caffe_pb2.NetParameter:
+        return prototxt.read_text(_resolve(path, self.source), caffe_pb2.NetParameter(), "net prototxt")
+
+    def _init_train_net(self) -> Net:
+        p = self.param
+        given = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
+        if len(given) != 1:
+            raise PcnError("solver: give exactly one of train_net_param, train_net, net_param, net (found %s)"
+                           % (", ".join(given) or "none"))
+        which = given[0]
+        if which == "train_net_param":
+            net_param = caffe_pb2.NetParameter()
+            net_param.CopyFrom(p.train_net_param)
+        elif which == "net_param":
+            net_param = caffe_pb2.NetParameter()
+            net_param.CopyFrom(p.net_param)
+        else:
+            net_param = self._read_net(getattr(p, which))
+        state = caffe_pb2.NetState(phase=TRAIN)
+        state.MergeFrom(net_param.state)
+        state.MergeFrom(p.train_state)
+        net_param.state.CopyFrom(state)
+        log.info("Creating training net from %s", which)
+        return Net(net_param, state.phase, level=state.level, stages=list(state.stage))
+
+    def _init_test_nets(self) -> List[Net]:
+        p = self.param
+        sources = [("test_net_param", np_) for np_ in p.test_net_param]
+        sources += [("test_net", self._read_net(f)) for f in p.test_net]
+        generic = None
+        if p.HasField("net_param"):
+            generic = p.net_param
+        elif p.HasField("net"):
+            generic = self._read_net(p.net)
+        n_iters = len(p.test_iter)
+        if generic is not None:
+            if n_iters < len(sources):
+                raise PcnError("solver: test_iter must be given once per test net (%d test nets, %d test_iter)"
+                               % (len(sources), n_iters))
+            sources += [("net", generic)] * (n_iters - len(sources))
+        elif n_iters != len(sources):
+            raise PcnError("solver: test_iter must be given once per test net (%d test nets, %d test_iter)"
+                           % (len(sources), n_iters))
+        if p.test_state and len(p.test_state) != len(sources):
+            raise PcnError("solver: test_state must be given once per test net or not at all")
+        if sources and p.test_interval <= 0:
+            raise PcnError("solver: test nets need test_interval > 0")
+        nets = []
+        for i, (which, net_param) in enumerate(sources):
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(net_param)
+            state = caffe_pb2.NetState(phase=TEST)
+            state.MergeFrom(param.state)
+            if p.test_state:
+                state.MergeFrom(p.test_state[i])
+            param.state.CopyFrom(state)
+            log.info("Creating test net (#%d) specified by %s", i, which)
+            net = Net(param, state.phase, level=state.level, stages=list(state.stage))
+            net.share_with(self.net)
+            nets.append(net)
+        return nets
+
+    # --- learning rate ------------------------------------------------------------------------------------
+    def learning_rate(self, it: Optional[int] = None, current_step: Optional[int] = None):
+        """(rate, current_step) at iteration ``it`` under ``lr_policy`` (Caffe's GetLearningRate)."""
+        p = self.param
+        it = self.iter if it is None else it
+        step = self.current_step if current_step is None else current_step
+        policy = p.lr_policy
+        base, gamma, power = float(np.float32(p.base_lr)), float(np.float32(p.gamma)), float(np.float32(p.power))
+        if policy == "fixed":
+            rate = base
+        elif policy == "step":
+            if p.stepsize <= 0:
+                raise PcnError("solver: lr_policy \"step\" needs stepsize > 0")
+            step = it // p.stepsize
+            rate = base * gamma ** step
+        elif policy == "exp":
+            rate = base * gamma ** it
+        elif policy == "inv":
+            rate = base * (1.0 + gamma * it) ** (-power)
+        elif policy == "multistep":
+            if step < len(p.stepvalue) and it >= p.stepvalue[step]:
+                step += 1
+            rate = base * gamma ** step
+        elif policy == "poly":
+            if p.max_iter <= 0:
+                raise PcnError("solver: lr_policy \"poly\" needs max_iter > 0")
+            rate = base * (1.0 - it / float(p.max_iter)) ** power
+        elif policy == "sigmoid":
+            rate = base * (1.0 / (1.0 + math.exp(-gamma * (it - float(p.stepsize)))))
+        else:
+            raise PcnError("solver: unknown lr_policy %r (fixed, step, exp, inv, multistep, poly, sigmoid)" % policy)
+        return float(np.float32(rate)), step
+
+    @property
+    def lr(self) -> float:
+        """The rate the next step will use (pycaffe's ``solver.lr``)."""
+        return self.learning_rate()[0]
+
+    # --- iterations ---------------------------------------------------------------------------------------
+    def step(self, iters: int) -> None:
+        p = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + int(iters)
+        average_loss = max(int(p.average_loss), 1)
+        self._losses = []
+        self.smoothed_loss = 0.0
+        timer = time.perf_counter()
+        last_iter = self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                self.test_all()
+            display = p.display and self.iter % p.display == 0
+            loss = 0.0
+            for _ in range(max(int(p.iter_size), 1)):
+                loss += self.net.forward_backward()
+            loss /= max(int(p.iter_size), 1)
+            self._update_smoothed_loss(loss, start_iter, average_loss)
+            if display:
+                lapse = time.perf_counter() - timer
+                speed = (self.iter - last_iter) / lapse if lapse > 0 else 0.0
+                log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
+                log.debug("Iteration %d: %.3g iter/s", self.iter, speed)
+                timer, last_iter = time.perf_counter(), self.iter
+                self._log_outputs(self.net, "Train", None)
+            self.apply_update()
+            self.iter += 1
+            if p.snapshot and self.iter % p.snapshot == 0:
+                self.snapshot()
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
+        if len(self._losses) < average_loss:
+            self._losses.append(loss)
+            n = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            idx = (self.iter - start_iter) % average_loss
+            self.smoothed_loss += (loss - self._losses[idx]) / average_loss
+            self._losses[idx] = loss
+
+    def _log_outputs(self, net: Net, kind: str, scores) -> None:
+        weights = net.blob_loss_weights
+        k = 0
+        for name in net.outputs:
+            values = backend.to_numpy(net.blobs[name].data).ravel() if scores is None else scores[name]
+            w = weights[name]
+            for v in values:
+                extra = " (* %g = %g loss)" % (w, w * v) if w else ""
+                log.info("    %s net output #%d: %s = %.6g%s", kind, k, name, v, extra)
+                k += 1
+
+    def solve(self, resume_file: Optional[str] = None) -> None:
+        p = self.param
+        log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        if resume_file:
+            log.info("Restoring previous solver status from %s", resume_file)
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if p.display and self.iter % p.display == 0:
+            loss = self.net.forward_loss()
+            self._update_smoothed_loss(loss, start_iter, max(int(p.average_loss), 1))
+            log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        log.info("Optimization Done.")
+
+    def test_all(self) -> List[dict]:
+        return [self.test(i) for i in range(len(self.test_nets))]
+
+    def test(self, test_net_id: int = 0) -> dict:
+        """Runs ``test_iter`` forward passes of a test net; logs and returns the mean of each output."""
+        p = self.param
+        log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
+        net = self.test_nets[test_net_id]
+        n = int(p.test_iter[test_net_id])
+        sums = {}
+        loss = 0.0
+        for _ in range(n):
+            it_loss = net.forward_loss()
+            loss += it_loss
+            for name in net.outputs:
+                v = backend.to_numpy(net.blobs[name].data).astype(np.float64).ravel()
+                sums[name] = sums.get(name, 0.0) + v
+        if p.test_compute_loss and n:
+            log.info("Test loss: %.6g", loss / n)
+        means = {name: s / max(n, 1) for name, s in sums.items()}
+        self._log_outputs(net, "Test", means)
+        return {name: (float(m[0]) if m.size == 1 else m) for name, m in means.items()}
+
+    # --- the update (Caffe's SGDSolver::ApplyUpdate) -------------------------------------------------------
+    def apply_update(self) -> None:
+        p = self.param
+        rate, self.current_step = self.learning_rate()
+        if p.display and self.iter % p.display == 0:
+            log.info("Iteration %d, lr = %.6g", self.iter, rate)
+        self.clip_gradients()
+        params = self.net.learnable_params
+        for i, blob in enumerate(params):
+            if p.iter_size > 1:
+                blob.diff *= blob.dtype.type(1.0 / p.iter_size)
+            self.regularize(i)
+            self.compute_update_value(i, rate)
+        for blob in params:
+            blob.data -= blob.diff
+
+    def clip_gradients(self) -> None:
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        params = self.net.learnable_params
+        sumsq = sum(float((b.diff.astype(np.float64) ** 2).sum()) for b in params)
+        norm = math.sqrt(sumsq)
+        if norm > clip:
+            scale = clip / norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale factor %g",
+                     norm, clip, scale)
+            for b in params:
+                b.diff *= b.dtype.type(scale)
+
+    def regularize(self, i: int) -> None:
+        p = self.param
+        blob = self.net.learnable_params[i]
+        decay = np.float32(p.weight_decay) * np.float32(self.net.params_weight_decay[i])
+        if not decay:
+            return
+        if p.regularization_type == "L2":
+            blob.diff += blob.dtype.type(decay) * blob.data
+        elif p.regularization_type == "L1":
+            blob.diff += blob.dtype.type(decay) * blob.xp.sign(blob.data)
+        else:
+            raise PcnError("solver: unknown regularization_type %r (L1 or L2)" % p.regularization_type)
+
+    def compute_update_value(self, i: int, rate: float) -> None:
+        raise NotImplementedError
+
+    def local_rate(self, i: int, rate: float):
+        return np.float32(rate) * np.float32(self.net.params_lr[i])
+
+    # --- snapshots ----------------------------------------------------------------------------------------
+    def snapshot_filename(self, extension: str) -> str:
+        return "%s_iter_%d%s" % (self.param.snapshot_prefix, self.iter, extension)
+
+    def snapshot(self) -> str:
+        """Writes <prefix>_iter_N.caffemodel and .solverstate (atomically); returns the state file's path."""
+        hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
+        if hdf5:
+            log.info("Snapshotting to HDF5 file %s", model)
+            self.net.save_hdf5(model)
+        else:
+            log.info("Snapshotting to binary proto file %s", model)
+            self.net.save(model, write_diff=self.param.snapshot_diff)
+        state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
+        log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state)
+        if hdf5:
+            self._write_state_hdf5(state, model)
+        else:
+            msg = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
+            for h in self.history:
+                msg.history.add().CopyFrom(array_to_blobproto(backend.to_numpy(h.data)))
+            prototxt.write_binary(state, msg)
+        return state
+
+    def _write_state_hdf5(self, path: str, model: str) -> None:
+        import h5py
+
+        tmp = path + ".tmp"
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("iter", data=self.iter)
+            f.create_dataset("learned_net", data=model)
+            f.create_dataset("current_step", data=self.current_step)
+            g = f.create_group("history")
+            for i, h in enumerate(self.history):
+                g.create_dataset(str(i), data=backend.to_numpy(h.data))
+        os.replace(tmp, path)
+
+    def restore(self, state_file: str) -> None:
+        """Continues from a .solverstate(.h5): iteration, learning-rate step, history and the learned weights."""
+        state_file = os.fspath(state_file)
+        if state_file.endswith(".h5"):
+            import h5py
+
+            if not os.path.exists(state_file):
+                raise PcnError("solver state file not found: %s" % state_file)
+            with h5py.File(state_file, "r") as f:
+                it, step = int(f["iter"][()]), int(f["current_step"][()])
+                learned = f["learned_net"][()]
+                learned = learned.decode() if isinstance(learned, bytes) else str(learned)
+                history = [f["history"][str(i)][...] for i in range(len(f["history"]))]
+        else:
+            msg = prototxt.read_binary(state_file, caffe_pb2.SolverState(), "solver state file")
+            it, step, learned = msg.iter, msg.current_step, msg.learned_net
+            history = [blobproto_to_array(b) for b in msg.history]
+        if len(history) != len(self.history):
+            raise PcnError("%s: %d history blobs, but this solver and net need %d (a different net or solver type?)"
+                           % (state_file, len(history), len(self.history)))
+        for h, v in zip(self.history, history):
+            if h.count != v.size:
+                raise PcnError("%s: a history blob has %d values where the net's parameter has %d"
+                               % (state_file, v.size, h.count))
+            h.data[...] = h.xp.asarray(v.reshape(h.shape))
+        if learned:
+            if not os.path.exists(learned):
+                alt = os.path.join(os.path.dirname(os.path.abspath(state_file)), os.path.basename(learned))
+                learned = alt if os.path.exists(alt) else learned
+            self.net.copy_from(learned)
+        self.iter, self.current_step = it, step
+        batches = self.iter * max(int(self.param.iter_size), 1)
+        for layer in self.net.layers:
+            if hasattr(layer, "restore_position"):
+                layer.restore_position(batches)
