@@ -1,1 +1,531 @@
-"""Placeholder; filled by its family."""
+"""Normalization layers: BatchNorm, LRN, MVN (BVLC Caffe), Normalization1 and GRN (MyCaffe), Normalize /
+Normalization2 (SSD-Caffe / MyCaffe).
+
+Formulas, parameters and the differences between BVLC Caffe, MyCaffe and pcn are in docs/normalization.md.
+Every layer runs in place; a statistic the backward needs and the in-place forward overwrites is cached.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Tuple
+
+from ..blob import Blob
+from ..errors import NetError
+from ..fillers import fill
+from ..proto import caffe_pb2
+from .base import TEST, Layer, register
+
+logger = logging.getLogger("pycaffe_norm")
+
+_LRN = caffe_pb2.LRNParameter
+_NORM1 = caffe_pb2.Normalization1Parameter
+
+# Above this many shifted additions a window sum is done as a product with a 0/1 band matrix instead.
+_MAX_SHIFTS = 16
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------
+def _window_sum(xp, a, size: int, axis: int):
+    """Sum over a centred window of ``size`` (odd) along ``axis``, zero padded at both ends (so clipped).
+
+    Small windows use shifted slice additions (no cancellation, unlike a cumulative sum); large ones a
+    matrix product with a band of ones, which BLAS sums just as exactly.
+    """
+    n = a.shape[axis]
+    reach = min((size - 1) // 2, n - 1)
+    if 2 * reach > _MAX_SHIFTS:
+        i = xp.arange(n)
+        band = (xp.abs(i[:, None] - i[None, :]) <= (size - 1) // 2).astype(a.dtype)
+        moved = xp.moveaxis(a, axis, -1)
+        return xp.moveaxis(xp.matmul(moved, band), -1, axis)   # band is symmetric
+    out = a.copy()
+    for d in range(1, reach + 1):
+        hi = [slice(None)] * a.ndim
+        lo = [slice(None)] * a.ndim
+        hi[axis] = slice(d, None)
+        lo[axis] = slice(None, n - d)
+        hi, lo = tuple(hi), tuple(lo)
+        out[hi] += a[lo]
+        out[lo] += a[hi]
+    return out
+
+
+def _pow_neg(xp, s, beta: float):
+    """``s ** -beta``; the usual betas go through square roots, which are much faster than ``power``."""
+    if beta == 0.75:
+        r = xp.sqrt(s)
+        r = xp.reciprocal(r, out=r)
+        return xp.multiply(r, xp.sqrt(r), out=r)
+    if beta == 0.5:
+        r = xp.sqrt(s)
+        return xp.reciprocal(r, out=r)
+    if beta == 1.0:
+        return xp.reciprocal(s)
+    return xp.power(s, s.dtype.type(-beta))
+
+
+def _safe_reciprocal(xp, norm):
+    """1/norm, and 0 where norm is 0: an all-zero group normalises to 0 with zero gradient."""
+    nz = norm != 0
+    return xp.where(nz, 1.0 / xp.where(nz, norm, 1), 0).astype(norm.dtype)
+
+
+def _as_ncs(layer: Layer, blob: Blob, min_axes: int = 2) -> Tuple[int, int, int]:
+    """(N, C, S) with S the product of the axes after the channel axis."""
+    if blob.num_axes < min_axes:
+        raise layer.shape_error("bottom[0]", blob.shape, ("N", "C", "...")[:max(min_axes, 2)] + ("...",))
+    n = blob.shape[0]
+    c = blob.shape[1] if blob.num_axes > 1 else 1
+    return n, c, blob.count_range(2) if blob.num_axes > 2 else 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# BatchNorm
+# --------------------------------------------------------------------------------------------------------
+@register("BatchNorm")
+class BatchNormLayer(Layer):
+    """Caffe's BatchNorm: per-channel (axis 1) normalisation over N and all spatial axes.
+
+    blobs[0..2] hold the decayed *sums* of the batch mean, of the unbiased batch variance and of the weights
+    (S); the global statistics are blob/S. blobs[3], blobs[4] (MyCaffe ``scale_bias``) are a learned per-channel
+    scale and bias applied after normalising.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def fixed_param_indices(self) -> List[int]:
+        """Parameter blobs the solver must never update (the Net forces their lr_mult to 0)."""
+        return [0, 1, 2]
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        p = self.layer_param.batch_norm_param
+        self.maf = float(p.moving_average_fraction)
+        self.eps = float(p.eps)
+        explicit = p.HasField("use_global_stats")
+        self.use_global_stats = bool(p.use_global_stats) if explicit else self.phase == TEST
+        if bottom[0].num_axes < 1:
+            raise self.shape_error("bottom[0]", bottom[0].shape, ("N", "C", "..."))
+        self.channels = 1 if bottom[0].num_axes == 1 else bottom[0].shape[1]
+        # MyCaffe also switches scale_bias on when either filler is given.
+        self.scale_bias = bool(p.scale_bias or p.HasField("scale_filler") or p.HasField("bias_filler"))
+        dtype, xp, c = bottom[0].dtype, bottom[0].xp, self.channels
+        if not self.blobs:
+            self.blobs = [Blob((c,), dtype=dtype, xp=xp), Blob((c,), dtype=dtype, xp=xp),
+                          Blob((1,), dtype=dtype, xp=xp)]       # Blob() starts at zero, S included
+        if self.scale_bias and len(self.blobs) == 3:
+            scale, bias = Blob((c,), dtype=dtype, xp=xp), Blob((c,), dtype=dtype, xp=xp)
+            if p.HasField("scale_filler"):
+                fill(scale, p.scale_filler)
+            else:
+                scale.data[...] = 1
+            fill(bias, p.bias_filler)       # an unset filler is constant 0
+            self.blobs += [scale, bias]
+        expected = [(c,), (c,), (1,)] + ([(c,), (c,)] if self.scale_bias else [])
+        got = [tuple(b.shape) for b in self.blobs]
+        if len(got) != len(expected) or any(int(_prod(g)) != int(_prod(e)) for g, e in zip(got, expected)):
+            raise NetError("layer %r (BatchNorm): parameter blobs have shapes %s, expected %s"
+                           % (self.name, got, expected))
+        self.param_propagate_down = [False, False, False] + [True] * (len(self.blobs) - 3)
+        for i, spec in enumerate(self.layer_param.param[:3]):
+            if spec.lr_mult != 0:
+                logger.warning("layer %r (BatchNorm): param %d has lr_mult %g, but the statistics blobs are not "
+                               "learned; using lr_mult 0", self.name, i, spec.lr_mult)
+        logger.info("layer %r (BatchNorm): normalising with %s (%s)", self.name,
+                    "global statistics (blobs / S)" if self.use_global_stats else
+                    "batch statistics, updating the running sums",
+                    ("use_global_stats: %s" % str(self.use_global_stats).lower()) if explicit else
+                    "use_global_stats unset, %s phase" % ("TEST" if self.phase == TEST else "TRAIN"))
+
+    def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
+        shape = bottom[0].shape
+        c = 1 if len(shape) == 1 else shape[1]
+        if c != self.channels:
+            expected = (shape[0], self.channels) + tuple(shape[2:])
+            raise self.shape_error("bottom[0] (channel axis 1 fixed at setup)", shape, expected)
+        if top[0] is not bottom[0]:
+            top[0].reshape(shape)
+
+    def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
+        xp = bottom[0].xp
+        x = bottom[0].data
+        n, c = x.shape[0], self.channels
+        x3 = x.reshape(n, c, -1)
+        dt = x.dtype.type
+        if self.use_global_stats:
+            s = float(self.blobs[2].data.reshape(-1)[0])
+            factor = dt(0 if s == 0 else 1 / s)
+            mean = self.blobs[0].data * factor
+            var = self.blobs[1].data * factor
+            xc = x3 - mean[None, :, None]
+        else:
+            m = x3.shape[0] * x3.shape[2]
+            mean = x3.sum(axis=2).sum(axis=0) / dt(m)
+            xc = x3 - mean[None, :, None]
+            var = _chan_dot(xp, xc, xc) / dt(m)
+            # Caffe keeps decayed sums; the variance is stored unbiased, m/(m-1).
+            maf = dt(self.maf)
+            s_blob = self.blobs[2].data
+            s_blob *= maf
+            s_blob += 1
+            b0, b1 = self.blobs[0].data, self.blobs[1].data
+            b0 *= maf
+            b0 += mean
+            b1 *= maf
+            b1 += var * dt(m / (m - 1) if m > 1 else 1)
+        std = xp.sqrt(var + dt(self.eps))
+        self._inv_std = (1 / std).astype(x.dtype)
+        xc *= self._inv_std[None, :, None]
+        self._xnorm = xc                     # kept: a later in-place layer may overwrite top
+        y = top[0].data.reshape(xc.shape)
+        if self.scale_bias:
+            xp.multiply(xc, self.blobs[3].data[None, :, None], out=y)
+            y += self.blobs[4].data[None, :, None]
+        else:
+            y[...] = xc
+
+    def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
+        xp = bottom[0].xp
+        xn = self._xnorm
+        dy = top[0].diff.reshape(xn.shape)
+        if self.scale_bias:
+            if self.param_propagate_down[3]:
+                self.blobs[3].diff[...] += _chan_dot(xp, dy, xn)
+            if self.param_propagate_down[4]:
+                self.blobs[4].diff[...] += dy.sum(axis=2).sum(axis=0)
+            dy = dy * self.blobs[3].data[None, :, None]
+        if not propagate_down[0]:
+            return
+        inv = self._inv_std[None, :, None]
+        if self.use_global_stats:
+            dx = dy * inv
+        else:
+            # dx = (dy - mean(dy) - mean(dy * xnorm) * xnorm) / std, means over N and spatial axes.
+            m = xn.shape[0] * xn.shape[2]
+            dt = xn.dtype.type
+            a = dy.sum(axis=2).sum(axis=0) / dt(m)
+            b = _chan_dot(xp, dy, xn) / dt(m)
+            dx = dy * inv
+            dx -= (a * self._inv_std)[None, :, None]
+            dx -= xn * (b * self._inv_std)[None, :, None]
+        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def _chan_dot(xp, a, b):
+    """sum over axes 0 and 2 of a*b for (N, C, S) arrays -> (C,)."""
+    return xp.einsum("ncs,ncs->c", a, b)
+
+
+# --------------------------------------------------------------------------------------------------------
+# LRN
+# --------------------------------------------------------------------------------------------------------
+@register("LRN")
+class LRNLayer(Layer):
+    """Local response normalisation, ACROSS_CHANNELS or WITHIN_CHANNEL, with Caffe's values and gradients."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        p = self.layer_param.lrn_param
+        self.size = int(p.local_size)
+        if self.size % 2 != 1:
+            raise NetError("layer %r (LRN): local_size must be odd (the window is centred), got %d"
+                           % (self.name, self.size))
+        self.alpha, self.beta, self.k = float(p.alpha), float(p.beta), float(p.k)
+        self.within = p.norm_region == _LRN.WITHIN_CHANNEL
+        if p.norm_region not in (_LRN.ACROSS_CHANNELS, _LRN.WITHIN_CHANNEL):
+            raise NetError("layer %r (LRN): unknown norm_region %d" % (self.name, p.norm_region))
+
+    def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
+        shape = bottom[0].shape
+        if self.within and len(shape) != 4:
+            raise self.shape_error("bottom[0] (WITHIN_CHANNEL needs N, C, H, W)", shape, ("N", "C", "H", "W"))
+        if len(shape) < 2:
+            raise self.shape_error("bottom[0]", shape, ("N", "C", "..."))
+        if top[0] is not bottom[0]:
+            top[0].reshape(shape)
+
+    def _window(self, xp, a):
+        if self.within:
+            return _window_sum(xp, _window_sum(xp, a, self.size, 2), self.size, 3)
+        return _window_sum(xp, a, self.size, 1)
+
+    def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
+        xp = bottom[0].xp
+        x = bottom[0].data
+        if not self.within:
+            x = x.reshape(x.shape[0], x.shape[1], -1)
+        dt = x.dtype.type
+        scale = self._window(xp, x * x)
+        if self.within:
+            # Caffe builds this from AVE pooling (divisor size^2 everywhere) and Power(shift 1): k is unused.
+            scale *= dt(self.alpha / (self.size * self.size))
+            scale += dt(1)
+        else:
+            scale *= dt(self.alpha / self.size)
+            scale += dt(self.k)
+        self._scale = scale
+        self._pw = _pow_neg(xp, scale, self.beta)
+        self._x_saved = x.copy() if top[0] is bottom[0] else None
+        xp.multiply(x, self._pw, out=top[0].data.reshape(x.shape))
+
+    def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        xp = bottom[0].xp
+        shape = self._scale.shape
+        x = self._x_saved if self._x_saved is not None else bottom[0].data.reshape(shape)
+        dy = top[0].diff.reshape(shape)
+        y = top[0].data.reshape(shape)       # Caffe reads the top data here
+        dt = x.dtype.type
+        n = self.size * self.size if self.within else self.size
+        ratio = dy * y
+        ratio /= self._scale
+        acc = self._window(xp, ratio)
+        acc *= x
+        acc *= dt(2.0 * self.alpha * self.beta / n)
+        dx = dy * self._pw
+        dx -= acc
+        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+
+
+# --------------------------------------------------------------------------------------------------------
+# MVN
+# --------------------------------------------------------------------------------------------------------
+@register("MVN")
+class MVNLayer(Layer):
+    """Mean (and variance) normalisation per (n, c) over the remaining axes, or per n (across_channels)."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        p = self.layer_param.mvn_param
+        self.normalize_variance = bool(p.normalize_variance)
+        self.across_channels = bool(p.across_channels)
+        self.eps = float(p.eps)
+
+    def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
+        if bottom[0].num_axes < 1:
+            raise self.shape_error("bottom[0]", bottom[0].shape, ("N", "..."))
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def _groups(self, blob: Blob) -> int:
+        shape = blob.shape
+        if self.across_channels or len(shape) < 2:
+            return shape[0]
+        return shape[0] * shape[1]
+
+    def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
+        xp = bottom[0].xp
+        x = bottom[0].data.reshape(self._groups(bottom[0]), -1)
+        dt = x.dtype.type
+        xc = x - x.mean(axis=1, keepdims=True)
+        y = top[0].data.reshape(x.shape)
+        if self.normalize_variance:
+            var = (xc * xc).mean(axis=1, keepdims=True)
+            # eps is added to the standard deviation, outside the square root
+            self._div = xp.sqrt(var) + dt(self.eps)
+            xp.divide(xc, self._div, out=y)
+        else:
+            y[...] = xc
+
+    def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        g = self._groups(bottom[0])
+        dy = top[0].diff.reshape(g, -1)
+        if self.normalize_variance:
+            # Caffe's formula: (dy - mean(dy) - mean(dy*y)*y) / (std + eps); it treats eps as constant.
+            y = top[0].data.reshape(g, -1)
+            dx = dy - dy.mean(axis=1, keepdims=True)
+            dx -= y * (dy * y).mean(axis=1, keepdims=True)
+            dx /= self._div
+        else:
+            dx = dy - dy.mean(axis=1, keepdims=True)
+        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Normalization1 (MyCaffe)
+# --------------------------------------------------------------------------------------------------------
+@register("Normalization1")
+class Normalization1Layer(Layer):
+    """Per-sample normalisation over all non-batch axes: L2 ``x/||x||_2`` (default) or L1 ``x/sum|x|``."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        norm = self.layer_param.normalization_param.norm
+        if norm not in (_NORM1.L1, _NORM1.L2):
+            raise NetError("layer %r (Normalization1): unknown norm %d" % (self.name, norm))
+        self.l1 = norm == _NORM1.L1
+
+    def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
+        if bottom[0].num_axes < 1:
+            raise self.shape_error("bottom[0]", bottom[0].shape, ("N", "..."))
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
+        xp = bottom[0].xp
+        x = bottom[0].data.reshape(bottom[0].shape[0], -1)
+        if self.l1:
+            norm = xp.abs(x).sum(axis=1, keepdims=True)
+        else:
+            norm = xp.sqrt(xp.einsum("nd,nd->n", x, x))[:, None]
+        self._inv = _safe_reciprocal(xp, norm)
+        xp.multiply(x, self._inv, out=top[0].data.reshape(x.shape))
+
+    def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        xp = bottom[0].xp
+        n = bottom[0].shape[0]
+        dy = top[0].diff.reshape(n, -1)
+        y = top[0].data.reshape(n, -1)
+        dot = xp.einsum("nd,nd->n", dy, y)[:, None]
+        # L2: (dy - y*sum(dy*y))/||x||;  L1: (dy - sign(x)*sum(dy*y))/sum|x|  (sign(x) = sign(y))
+        dx = dy - (xp.sign(y) if self.l1 else y) * dot
+        dx *= self._inv
+        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+
+
+# --------------------------------------------------------------------------------------------------------
+# GRN (MyCaffe's global response normalisation)
+# --------------------------------------------------------------------------------------------------------
+@register("GRN", "GlobResNorm", "globresnet")
+class GRNLayer(Layer):
+    """At every (n, spatial position): ``y = x / sqrt(sum over channels of x^2)``; no parameters."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def __init__(self, param: caffe_pb2.LayerParameter, phase: int = caffe_pb2.TRAIN):
+        super().__init__(param, phase)
+        if param.HasField("grn_param"):
+            raise NetError("layer %r (%s): a layer with grn_param is MyCaffe's Temporal Fusion Transformer "
+                           "'Gated Residual Network', not Global Response Normalization; pcn does not support "
+                           "it (for the L2 normalisation across channels, drop grn_param or use type "
+                           "\"GlobResNorm\")" % (param.name, param.type))
+
+    def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
+        _as_ncs(self, bottom[0])
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
+        xp = bottom[0].xp
+        x = bottom[0].data.reshape(_as_ncs(self, bottom[0]))
+        norm = xp.sqrt(xp.einsum("ncs,ncs->ns", x, x))[:, None, :]
+        self._inv = _safe_reciprocal(xp, norm)
+        xp.multiply(x, self._inv, out=top[0].data.reshape(x.shape))
+
+    def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
+        if not propagate_down[0]:
+            return
+        xp = bottom[0].xp
+        shape = _as_ncs(self, bottom[0])
+        dy = top[0].diff.reshape(shape)
+        y = top[0].data.reshape(shape)
+        dx = dy - y * xp.einsum("ncs,ncs->ns", dy, y)[:, None, :]
+        dx *= self._inv
+        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Normalize (SSD-Caffe) / Normalization2 (MyCaffe)
+# --------------------------------------------------------------------------------------------------------
+@register("Normalize", "Normalization2")
+class NormalizeLayer(Layer):
+    """``y = scale * x / sqrt(sum x^2 + eps)``: the sum over C*spatial per sample (across_spatial) or over C at
+    every position; ``scale`` is one learned scalar (channel_shared, blob shape ()) or one per channel (C,)."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def _param(self) -> caffe_pb2.NormalizeParameter:
+        lp = self.layer_param
+        own, other = ("normalization2_param", "norm_param") if lp.type == "Normalization2" else \
+            ("norm_param", "normalization2_param")
+        if not lp.HasField(own) and lp.HasField(other):
+            return getattr(lp, other)
+        return getattr(lp, own)
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        p = self._param()
+        self.across_spatial = bool(p.across_spatial)
+        self.channel_shared = bool(p.channel_shared)
+        self.eps = float(p.eps)
+        if p.HasField("esp"):        # MyCaffe's spelling
+            if p.HasField("eps") and p.eps != p.esp:
+                raise NetError("layer %r (%s): eps %g and its alias esp %g disagree"
+                               % (self.name, self.type, p.eps, p.esp))
+            self.eps = float(p.esp)
+        n, c, s = _as_ncs(self, bottom[0])
+        shape = () if self.channel_shared else (c,)
+        if not self.blobs:
+            blob = Blob(shape, dtype=bottom[0].dtype, xp=bottom[0].xp)
+            if p.HasField("scale_filler"):
+                fill(blob, p.scale_filler)
+            else:
+                blob.data[...] = 1
+            self.blobs.append(blob)
+        if len(self.blobs) != 1 or self.blobs[0].count != _prod(shape):
+            raise NetError("layer %r (%s): scale blob(s) %s do not fit channel_shared %s with %d channels"
+                           % (self.name, self.type, [b.shape for b in self.blobs], self.channel_shared, c))
+        self.param_propagate_down = [True]
+
+    def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
+        n, c, s = _as_ncs(self, bottom[0])
+        if not self.channel_shared and c != self.blobs[0].count:
+            raise self.shape_error("bottom[0] (channels fixed by the scale blob)", bottom[0].shape,
+                                   (n, self.blobs[0].count) + tuple(bottom[0].shape[2:]))
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def _scale3(self):
+        s = self.blobs[0].data
+        return s.reshape(1, 1, 1) if self.channel_shared else s.reshape(1, -1, 1)
+
+    def _group_sum(self, xp, a, b):
+        if self.across_spatial:
+            return xp.einsum("ncs,ncs->n", a, b)[:, None, None]
+        return xp.einsum("ncs,ncs->ns", a, b)[:, None, :]
+
+    def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
+        xp = bottom[0].xp
+        x = bottom[0].data.reshape(_as_ncs(self, bottom[0]))
+        norm = xp.sqrt(self._group_sum(xp, x, x) + x.dtype.type(self.eps))
+        self._norm = norm
+        self._xhat = x / norm
+        xp.multiply(self._xhat, self._scale3(), out=top[0].data.reshape(x.shape))
+
+    def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
+        xp = bottom[0].xp
+        xh = self._xhat
+        dy = top[0].diff.reshape(xh.shape)
+        if self.param_propagate_down[0]:
+            if self.channel_shared:
+                g = xp.einsum("ncs,ncs->", dy, xh)
+            else:
+                g = xp.einsum("ncs,ncs->c", dy, xh)
+            self.blobs[0].diff[...] += g.reshape(self.blobs[0].shape)
+        if propagate_down[0]:
+            # The exact derivative: with g = dy*scale, dx = (g - xhat*sum(g*xhat)) / norm.
+            g = dy * self._scale3()
+            dx = g - xh * self._group_sum(xp, g, xh)
+            dx /= self._norm
+            bottom[0].diff[...] = dx.reshape(bottom[0].shape)
