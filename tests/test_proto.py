@@ -34,7 +34,7 @@ def test_bindings_are_fresh(tmp_path):
     fresh.ParseFromString(desc_path.read_bytes())
     _strip_json_names(fresh.file[0].message_type)   # protoc adds them to descriptor sets only
     committed = descriptor_pb2.FileDescriptorProto()
-    caffe_pb2.DESCRIPTOR.CopyToProto(committed)
+    committed.ParseFromString(caffe_pb2.DESCRIPTOR.serialized_pb)   # exactly what protoc embedded
     assert fresh.file[0] == committed, (
         "pycaffe_norm/proto/caffe_pb2.py is stale: run `python tools/compile_proto.py` after editing proto/caffe.proto")
 
