@@ -1,1 +1,87 @@
-"""Placeholder; filled by its family."""
+"""InnerProduct (fully connected) with Caffe's weight layout and axis semantics."""
+from __future__ import annotations
+
+from typing import List
+
+from ..blob import Blob
+from ..errors import NetError
+from ..fillers import fill
+from .base import Layer, register
+
+
+@register("InnerProduct")
+class InnerProductLayer(Layer):
+    """y = x W^T + b over the axes from ``axis`` on; W is (num_output, K), or (K, num_output) with transpose."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+    allow_in_place = False
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        p = self.layer_param.inner_product_param
+        b = bottom[0]
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise NetError("layer %r (InnerProduct): inner_product_param.num_output must be > 0" % self.name)
+        self.bias_term = bool(p.bias_term)
+        self.transpose = bool(p.transpose)
+        self.axis = self._axis(b)
+        self.k = b.count_range(self.axis)
+        wshape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
+        shapes = [wshape] + ([(self.num_output,)] if self.bias_term else [])
+        if self.blobs:
+            if len(self.blobs) != len(shapes):
+                raise NetError("layer %r (InnerProduct): incorrect number of weight blobs: %d given, %d expected "
+                               "(bias_term %s)" % (self.name, len(self.blobs), len(shapes), self.bias_term))
+            for i, (blob, shape) in enumerate(zip(self.blobs, shapes)):
+                if tuple(blob.shape) != shape:
+                    raise self.shape_error("%s (bottom %s flattened from axis %d)"
+                                           % ("weight blob" if i == 0 else "bias blob", b.shape, self.axis),
+                                           blob.shape, shape)
+        else:
+            self.blobs = [Blob(s, dtype=b.dtype, xp=b.xp) for s in shapes]
+            fill(self.blobs[0], p.weight_filler)
+            if self.bias_term:
+                fill(self.blobs[1], p.bias_filler)
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def _axis(self, b: Blob) -> int:
+        try:
+            return b.canonical_axis(self.layer_param.inner_product_param.axis)
+        except ValueError as e:
+            raise NetError("layer %r (InnerProduct): inner_product_param.axis: %s" % (self.name, e)) from None
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        axis = self._axis(b)
+        if b.count_range(axis) != self.k:
+            raise self.shape_error("bottom (input size incompatible with the inner product weights %s: %d "
+                                   "inputs from axis %d on, expected %d)"
+                                   % (self.blobs[0].shape, b.count_range(axis), axis, self.k),
+                                   b.shape, b.shape[:axis] + ("prod=%d" % self.k,))
+        self.axis = axis
+        self.m = b.count_range(0, axis)
+        top[0].reshape(b.shape[:axis] + (self.num_output,))
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        x = bottom[0].data.reshape(self.m, self.k)
+        w = self.blobs[0].data
+        y = top[0].data.reshape(self.m, self.num_output)
+        xp.matmul(x, w if self.transpose else w.T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.m, self.num_output)
+        x = bottom[0].data.reshape(self.m, self.k)
+        if self.param_propagate_down[0]:
+            if self.transpose:
+                self.blobs[0].diff += x.T @ dy
+            else:
+                self.blobs[0].diff += dy.T @ x
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)
+        if propagate_down[0]:
+            w = self.blobs[0].data
+            bottom[0].xp.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))

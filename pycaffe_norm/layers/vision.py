@@ -1,1 +1,428 @@
-"""Placeholder; filled by its family."""
+"""Convolution, Deconvolution and Pooling with BVLC Caffe's geometry and numerics."""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import numpy as np
+
+from ..blob import Blob
+from ..errors import NetError
+from ..fillers import fill
+from ..proto import caffe_pb2
+from . import im2col as ic
+from .base import Layer, register
+
+
+def _per_axis(layer: Layer, values, name: str, n: int, default: int) -> Tuple[int, ...]:
+    """A repeated field given 0 times (default), once (all axes) or once per spatial axis, as Caffe reads it."""
+    values = list(values)
+    if len(values) == 0:
+        return (default,) * n
+    if len(values) == 1:
+        return (int(values[0]),) * n
+    if len(values) != n:
+        raise NetError("layer %r (%s): %s must be specified once, or once per spatial dimension "
+                       "(%s specified %d times; %d spatial dims)" % (layer.name, layer.type, name, name,
+                                                                     len(values), n))
+    return tuple(int(v) for v in values)
+
+
+def _hw_pair(layer: Layer, p, name: str, n: int, default: int, required: bool) -> Tuple[int, ...]:
+    """``<name>_h``/``<name>_w`` (2-D only) or the repeated ``<name>`` field."""
+    has_h, has_w = p.HasField(name + "_h"), p.HasField(name + "_w")
+    repeated = getattr(p, name if name != "kernel" else "kernel_size")
+    if has_h or has_w:
+        if n != 2:
+            raise NetError("layer %r (%s): %s_h & %s_w can only be used for 2D convolution (input has %d spatial "
+                           "axes)" % (layer.name, layer.type, name, name, n))
+        if len(repeated):
+            raise NetError("layer %r (%s): either %s or %s_h/w should be specified; not both"
+                           % (layer.name, layer.type, name if name != "kernel" else "kernel_size", name))
+        return int(getattr(p, name + "_h")), int(getattr(p, name + "_w"))
+    if required and n > 0 and not len(repeated):
+        raise NetError("layer %r (%s): kernel_size (or kernel_h and kernel_w) is required"
+                       % (layer.name, layer.type))
+    return _per_axis(layer, repeated, name if name != "kernel" else "kernel_size", n, default)
+
+
+class _BaseConvolution(Layer):
+    """Shared setup of Convolution and Deconvolution (Caffe's BaseConvolutionLayer)."""
+
+    min_bottom = 1
+    min_top = 1
+    allow_in_place = False
+    reverse = False  # Deconvolution: the roles of input and output are swapped
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        p = self.layer_param.convolution_param
+        if len(bottom) != len(top):
+            raise NetError("layer %r (%s) needs as many tops as bottoms, got %d bottoms and %d tops"
+                           % (self.name, self.type, len(bottom), len(top)))
+        b0 = bottom[0]
+        try:
+            self.channel_axis = b0.canonical_axis(p.axis)
+        except ValueError as e:
+            raise NetError("layer %r (%s): convolution_param.axis: %s" % (self.name, self.type, e)) from None
+        self.num_axes = b0.num_axes
+        n = self.num_axes - self.channel_axis - 1
+        self.num_spatial = n
+        self.kernel = _hw_pair(self, p, "kernel", n, 1, required=True)
+        if any(k <= 0 for k in self.kernel):
+            raise NetError("layer %r (%s): filter dimensions must be nonzero, got %s"
+                           % (self.name, self.type, self.kernel))
+        self.stride = _hw_pair(self, p, "stride", n, 1, required=False)
+        if any(s <= 0 for s in self.stride):
+            raise NetError("layer %r (%s): strides must be positive, got %s" % (self.name, self.type, self.stride))
+        self.pad = _hw_pair(self, p, "pad", n, 0, required=False)
+        self.dilation = _per_axis(self, p.dilation, "dilation", n, 1)
+        if any(d <= 0 for d in self.dilation):
+            raise NetError("layer %r (%s): dilation must be positive, got %s"
+                           % (self.name, self.type, self.dilation))
+        self.channels = b0.shape[self.channel_axis]
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise NetError("layer %r (%s): convolution_param.num_output must be > 0" % (self.name, self.type))
+        self.group = int(p.group)
+        if self.group <= 0:
+            raise NetError("layer %r (%s): group must be > 0" % (self.name, self.type))
+        if self.channels % self.group:
+            raise self.shape_error("bottom (its %d channels are not a multiple of group %d)"
+                                   % (self.channels, self.group), b0.shape, ("N", "k*%d" % self.group, "..."))
+        if self.num_output % self.group:
+            raise NetError("layer %r (%s): num_output %d must be a multiple of group %d"
+                           % (self.name, self.type, self.num_output, self.group))
+        if self.reverse:
+            conv_out, conv_in = self.channels, self.num_output
+        else:
+            conv_out, conv_in = self.num_output, self.channels
+        self.bias_term = bool(p.bias_term)
+        wshape = (conv_out, conv_in // self.group) + self.kernel
+        shapes = [wshape] + ([(self.num_output,)] if self.bias_term else [])
+        if self.blobs:
+            if len(self.blobs) != len(shapes):
+                raise NetError("layer %r (%s): incorrect number of weight blobs: %d given, %d expected "
+                               "(bias_term %s)" % (self.name, self.type, len(self.blobs), len(shapes),
+                                                   self.bias_term))
+            for i, (blob, shape) in enumerate(zip(self.blobs, shapes)):
+                if tuple(blob.shape) != shape:
+                    what = "weight blob" if i == 0 else "bias blob"
+                    raise self.shape_error("%s (bottom %s, %d channels)" % (what, b0.shape, self.channels),
+                                           blob.shape, shape)
+        else:
+            self.blobs = [Blob(s, dtype=b0.dtype, xp=b0.xp) for s in shapes]
+            fill(self.blobs[0], p.weight_filler)
+            if self.bias_term:
+                fill(self.blobs[1], p.bias_filler)
+        self.param_propagate_down = [True] * len(self.blobs)
+        self._ws = ic.Workspace()
+
+    def _out_spatial(self, in_spatial: Tuple[int, ...]) -> Tuple[int, ...]:
+        raise NotImplementedError
+
+    def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
+        b0 = bottom[0]
+        if b0.num_axes != self.num_axes:
+            raise self.shape_error("bottom (the number of axes may not change)", b0.shape,
+                                   ("...",) * self.num_axes)
+        ca = self.channel_axis
+        if b0.shape[ca] != self.channels:
+            expected = b0.shape[:ca] + (self.channels,) + b0.shape[ca + 1:]
+            raise self.shape_error("bottom (input channels incompatible with the weights %s)"
+                                   % (self.blobs[0].shape,), b0.shape, expected)
+        for i, b in enumerate(bottom[1:], 1):
+            if b.shape != b0.shape:
+                raise self.shape_error("bottom %d (all bottoms must share one shape)" % i, b.shape, b0.shape)
+        in_sp = b0.shape[ca + 1:]
+        out_sp = self._out_spatial(in_sp)
+        self.num = int(np.prod(b0.shape[:ca], dtype=np.int64))
+        if self.reverse:
+            self.geom = ic.ConvGeometry(out_sp, in_sp, self.kernel, self.stride, self.pad, self.dilation)
+        else:
+            self.geom = ic.ConvGeometry(in_sp, out_sp, self.kernel, self.stride, self.pad, self.dilation)
+        top_shape = b0.shape[:ca] + (self.num_output,) + out_sp
+        for t in top:
+            t.reshape(top_shape)
+
+    def _as4(self, a, channels: int, spatial):
+        # (outer..., C, spatial...) -> (num, C, spatial...): a view, blobs are contiguous
+        return a.reshape((self.num, channels) + tuple(spatial))
+
+    def _bottom_view(self, a):
+        return self._as4(a, self.channels, a.shape[self.channel_axis + 1:])
+
+    def _top_view(self, a):
+        return self._as4(a, self.num_output, a.shape[self.channel_axis + 1:])
+
+
+@register("Convolution")
+class ConvolutionLayer(_BaseConvolution):
+    """Caffe's convolution: weights (num_output, C/group, *kernel), bias (num_output,)."""
+
+    def _out_spatial(self, in_spatial):
+        out = []
+        for d, size in enumerate(in_spatial):
+            o = ic.conv_out_size(size, self.kernel[d], self.stride[d], self.pad[d], self.dilation[d])
+            if o <= 0:
+                raise self.shape_error(
+                    "bottom (spatial axis %d: dilated kernel %d is larger than the padded input %d)"
+                    % (d, ic.extent(self.kernel[d], self.dilation[d]), size + 2 * self.pad[d]),
+                    in_spatial, tuple("<=%d" % (s + 2 * p) for s, p in zip(in_spatial, self.pad)))
+            out.append(o)
+        return tuple(out)
+
+    def forward(self, bottom, top):
+        w = self.blobs[0].data
+        bias = self.blobs[1].data if self.bias_term else None
+        for b, t in zip(bottom, top):
+            ic.conv_forward(self._bottom_view(b.data), w, bias, self._top_view(t.data), self.geom, self.group,
+                            self._ws)
+
+    def backward(self, top, propagate_down, bottom):
+        w = self.blobs[0].data
+        dw = self.blobs[0].diff if self.param_propagate_down[0] else None
+        db = self.blobs[1].diff if self.bias_term and self.param_propagate_down[1] else None
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dx = self._bottom_view(b.diff) if propagate_down[i] else None
+            ic.conv_backward(self._bottom_view(b.data), w, self._top_view(t.diff), self.geom, self.group,
+                             self._ws, dx=dx, dw=dw, db=db)
+
+
+@register("Deconvolution")
+class DeconvolutionLayer(_BaseConvolution):
+    """Caffe's deconvolution (forward = convolution backward-data): weights (C, num_output/group, *kernel)."""
+
+    reverse = True
+
+    def _out_spatial(self, in_spatial):
+        out = []
+        for d, size in enumerate(in_spatial):
+            o = ic.deconv_out_size(size, self.kernel[d], self.stride[d], self.pad[d], self.dilation[d])
+            if o <= 0:
+                raise self.shape_error("bottom (spatial axis %d: output size %d <= 0 with kernel %d, stride %d, "
+                                       "pad %d)" % (d, o, self.kernel[d], self.stride[d], self.pad[d]),
+                                       in_spatial, ("larger",) * len(in_spatial))
+            out.append(o)
+        return tuple(out)
+
+    def forward(self, bottom, top):
+        w = self.blobs[0].data
+        bias = self.blobs[1].data if self.bias_term else None
+        for b, t in zip(bottom, top):
+            ic.deconv_forward(self._bottom_view(b.data), w, bias, self._top_view(t.data), self.geom, self.group,
+                              self._ws)
+
+    def backward(self, top, propagate_down, bottom):
+        w = self.blobs[0].data
+        dw = self.blobs[0].diff if self.param_propagate_down[0] else None
+        db = self.blobs[1].diff if self.bias_term and self.param_propagate_down[1] else None
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dx = self._bottom_view(b.diff) if propagate_down[i] else None
+            ic.deconv_backward(self._bottom_view(b.data), w, self._top_view(t.diff), self.geom, self.group,
+                               self._ws, dx=dx, dw=dw, db=db)
+
+
+_PP = caffe_pb2.PoolingParameter
+
+
+@register("Pooling")
+class PoolingLayer(Layer):
+    """MAX / AVE pooling over (N, C, H, W); MAX may output its argmax mask (flat h*W+w) as a second top."""
+
+    exact_num_bottom = 1
+    min_top = 1
+    allow_in_place = False
+
+    def __init__(self, param, phase=caffe_pb2.TRAIN):
+        super().__init__(param, phase)
+        self.max_top = 2 if param.pooling_param.pool == _PP.MAX else 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.pooling_param
+        self.method = p.pool
+        if self.method == _PP.STOCHASTIC:
+            raise NetError("layer %r (Pooling): STOCHASTIC pooling is not supported (use MAX or AVE)" % self.name)
+        if self.method not in (_PP.MAX, _PP.AVE):
+            raise NetError("layer %r (Pooling): unknown pooling method %d" % (self.name, self.method))
+        has_k, has_kh, has_kw = p.HasField("kernel_size"), p.HasField("kernel_h"), p.HasField("kernel_w")
+        self.global_pooling = bool(p.global_pooling)
+        if self.global_pooling:
+            if has_k or has_kh or has_kw:
+                raise NetError("layer %r (Pooling): with global_pooling: true the kernel size cannot be specified"
+                               % self.name)
+        else:
+            if has_k and (has_kh or has_kw):
+                raise NetError("layer %r (Pooling): filter size is kernel_size OR kernel_h and kernel_w; not both"
+                               % self.name)
+            if not has_k and not (has_kh and has_kw):
+                raise NetError("layer %r (Pooling): kernel_size is required (for non-square filters both kernel_h "
+                               "and kernel_w)" % self.name)
+        for name in ("pad", "stride"):
+            hh, hw = p.HasField(name + "_h"), p.HasField(name + "_w")
+            if (hh or hw) and (p.HasField(name) or not (hh and hw)):
+                raise NetError("layer %r (Pooling): %s is %s OR %s_h and %s_w are required"
+                               % (self.name, name, name, name, name))
+        self._check_4d(bottom[0])
+        if self.global_pooling:
+            self.kernel = (bottom[0].shape[2], bottom[0].shape[3])
+        elif has_k:
+            self.kernel = (int(p.kernel_size),) * 2
+        else:
+            self.kernel = (int(p.kernel_h), int(p.kernel_w))
+        if min(self.kernel) <= 0:
+            raise NetError("layer %r (Pooling): filter dimensions cannot be zero, got %s" % (self.name, self.kernel))
+        self.pad = (int(p.pad_h), int(p.pad_w)) if p.HasField("pad_h") else (int(p.pad),) * 2
+        self.stride = (int(p.stride_h), int(p.stride_w)) if p.HasField("stride_h") else (int(p.stride),) * 2
+        if min(self.stride) <= 0:
+            raise NetError("layer %r (Pooling): stride must be positive, got %s" % (self.name, self.stride))
+        if self.global_pooling and (any(self.pad) or self.stride != (1, 1)):
+            raise NetError("layer %r (Pooling): with global_pooling: true only pad = 0 and stride = 1 are allowed"
+                           % self.name)
+        if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
+            raise NetError("layer %r (Pooling): pad %s must be smaller than the kernel %s"
+                           % (self.name, self.pad, self.kernel))
+        self.round_ceil = p.round_mode == _PP.CEIL
+        self._ws = ic.Workspace()
+
+    def _check_4d(self, b: Blob) -> None:
+        if b.num_axes != 4:
+            raise self.shape_error("bottom (Pooling needs 4 axes: num, channels, height, width)", b.shape,
+                                   ("N", "C", "H", "W"))
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        self._check_4d(b)
+        n, c, h, w = b.shape
+        if self.global_pooling:
+            self.kernel = (h, w)
+        out = []
+        for size, k, s, p in zip((h, w), self.kernel, self.stride, self.pad):
+            if size + 2 * p < k:
+                raise self.shape_error("bottom (kernel %s is larger than the padded input)" % (self.kernel,),
+                                       b.shape, (n, c, ">=%d" % (self.kernel[0] - 2 * self.pad[0]),
+                                                 ">=%d" % (self.kernel[1] - 2 * self.pad[1])))
+            o = (math.ceil((size + 2 * p - k) / s) if self.round_ceil else (size + 2 * p - k) // s) + 1
+            # Caffe: the last window must start inside the image (or its right padding)
+            if p > 0 and (o - 1) * s >= size + p:
+                o -= 1
+            out.append(o)
+        self.out = tuple(out)
+        self.in_hw = (h, w)
+        for t in top:
+            t.reshape((n, c) + self.out)
+        self._is_global = self.kernel == (h, w) and not any(self.pad)
+        # padded extent that covers every window: [-pad, (out-1)*stride - pad + kernel)
+        self.padded = tuple(max((o - 1) * s + k, size + p)
+                            for o, s, k, size, p in zip(self.out, self.stride, self.kernel, (h, w), self.pad))
+        self._needs_pad = any(self.pad) or self.padded != (h, w)
+        self._windows = []
+        for i in range(self.kernel[0]):
+            for j in range(self.kernel[1]):
+                self._windows.append((i * w + j, (Ellipsis, slice(i, i + self.stride[0] * (self.out[0] - 1) + 1,
+                                                                  self.stride[0]),
+                                                  slice(j, j + self.stride[1] * (self.out[1] - 1) + 1,
+                                                        self.stride[1]))))
+        if self.method == _PP.AVE:
+            sizes = []
+            for size, k, s, p, o in zip((h, w), self.kernel, self.stride, self.pad, self.out):
+                start = np.arange(o) * s - p
+                end = np.minimum(start + k, size + p)
+                sizes.append(end - start)
+            area = np.maximum(np.outer(sizes[0], sizes[1]), 1)  # an empty window (stride > kernel) sums to 0
+            self._area = b.xp.asarray(area, dtype=b.dtype)
+
+    def _padded_input(self, x, fill_value):
+        if not self._needs_pad:
+            return x
+        n, c = x.shape[:2]
+        buf = self._ws.get("xpad", (n, c) + self.padded, x.dtype, _xp(x))
+        buf.fill(fill_value)
+        ph, pw = self.pad
+        buf[:, :, ph:ph + self.in_hw[0], pw:pw + self.in_hw[1]] = x
+        return buf
+
+    def _grad_buffer(self, dx):
+        if not self._needs_pad:
+            dx.fill(0)
+            return dx
+        buf = self._ws.get("dxpad", dx.shape[:2] + self.padded, dx.dtype, _xp(dx))
+        buf.fill(0)
+        return buf
+
+    def _finish_grad(self, buf, dx):
+        if buf is not dx:
+            ph, pw = self.pad
+            dx[...] = buf[:, :, ph:ph + self.in_hw[0], pw:pw + self.in_hw[1]]
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        xp = bottom[0].xp
+        y = top[0].data
+        n, c, h, w = x.shape
+        if self.method == _PP.MAX:
+            if self._is_global:
+                x3 = x.reshape(n, c, h * w)
+                self._arg = x3.argmax(axis=2)  # first maximum in scan order, as Caffe
+                y.reshape(n, c)[...] = x3.max(axis=2)
+                if len(top) > 1:
+                    top[1].data.reshape(n, c)[...] = self._arg
+                return
+            xpad = self._padded_input(x, -np.inf)
+            y.fill(np.finfo(y.dtype).min)  # Caffe starts from -FLT_MAX
+            nk = len(self._windows)
+            arg = xp.full(y.shape, -1, dtype=np.int8 if nk < 127 else np.int32)
+            better = self._ws.get("better", y.shape, np.bool_, xp)
+            for k, (_, sl) in enumerate(self._windows):
+                v = xpad[sl]
+                xp.greater(v, y, out=better)  # strict: ties keep the earlier offset
+                xp.copyto(y, v, where=better)
+                xp.copyto(arg, k, where=better)
+            self._arg = arg
+            if len(top) > 1:
+                offs = xp.asarray([off for off, _ in self._windows], dtype=np.int64)
+                base = ((xp.arange(self.out[0]) * self.stride[0] - self.pad[0])[:, None] * w
+                        + (xp.arange(self.out[1]) * self.stride[1] - self.pad[1])[None, :])
+                idx = base + offs[xp.maximum(arg, 0).astype(np.int64)]
+                top[1].data[...] = xp.where(arg >= 0, idx, -1)
+        else:
+            if self._is_global:
+                y.reshape(n, c)[...] = x.reshape(n, c, h * w).sum(axis=2) / self._area.reshape(())
+                return
+            xpad = self._padded_input(x, 0)
+            wins = self._windows
+            y[...] = xpad[wins[0][1]]
+            for _, sl in wins[1:]:
+                y += xpad[sl]
+            y /= self._area
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = bottom[0].xp
+        dy = top[0].diff
+        dx = bottom[0].diff
+        n, c, h, w = dx.shape
+        if self.method == _PP.MAX:
+            if self._is_global:
+                sel = xp.arange(h * w).reshape(1, 1, h * w) == self._arg[:, :, None]
+                xp.multiply(sel, dy.reshape(n, c, 1), out=dx.reshape(n, c, h * w))
+                return
+            buf = self._grad_buffer(dx)
+            tmp = self._ws.get("tmp", dy.shape, dy.dtype, xp)
+            for k, (_, sl) in enumerate(self._windows):
+                xp.multiply(dy, self._arg == k, out=tmp)
+                buf[sl] += tmp
+            self._finish_grad(buf, dx)
+        else:
+            g = dy / self._area
+            if self._is_global:
+                dx[...] = g.reshape(n, c, 1, 1)
+                return
+            buf = self._grad_buffer(dx)
+            for _, sl in self._windows:
+                buf[sl] += g
+            self._finish_grad(buf, dx)
+
+
+def _xp(a):
+    return ic._xp(a)
