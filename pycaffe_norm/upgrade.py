@@ -38,7 +38,8 @@ def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter
         target = layer_fields.get(field.name)
         if target is None:
             raise NetError("V1 layer %r: field %r has no counterpart in the current format" % (v1.name, field.name))
-        if field.label == field.LABEL_REPEATED:
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
             getattr(out, field.name).extend(value)
         elif field.message_type is not None:
             getattr(out, field.name).CopyFrom(value)
