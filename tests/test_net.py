@@ -67,13 +67,13 @@ def test_forward_backward_and_pruning():
 
 
 def test_force_backward_and_lr_mult_zero():
-    text = "force_backward: true\n" + MLP.replace('top: "ip1"\n', 'top: "ip1" param { lr_mult: 0 } param { lr_mult: 0 }\n', 1)
-    net = net_from(text)
+    frozen = MLP.replace('top: "ip1"\n', 'top: "ip1" param { lr_mult: 0 } param { lr_mult: 0 }\n', 1)
+    net = net_from("force_backward: true\n" + frozen)
     net.forward(data=np.ones((4, 3)), label=np.zeros(4))
     net.backward()
     assert np.any(net.blobs["data"].diff != 0)
     assert net.bottom_need_backward[4] == [True, False]  # labels never get a gradient
-    plain = net_from(MLP.replace('top: "ip1"\n', 'top: "ip1" param { lr_mult: 0 } param { lr_mult: 0 }\n', 1))
+    plain = net_from(frozen)
     assert plain.layer_need_backward[1] is False and plain.params_lr[:2] == [0.0, 0.0]
 
 
@@ -114,8 +114,10 @@ def test_weight_sharing_by_param_name():
 def test_shared_param_shape_mismatch_names_layers():
     text = """
     layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
-    layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" param { name: "w" } inner_product_param { num_output: 3 } }
-    layer { name: "b" type: "InnerProduct" bottom: "a" top: "b" param { name: "w" } inner_product_param { num_output: 4 } }"""
+    layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" param { name: "w" }
+            inner_product_param { num_output: 3 } }
+    layer { name: "b" type: "InnerProduct" bottom: "a" top: "b" param { name: "w" }
+            inner_product_param { num_output: 4 } }"""
     with pytest.raises(ShapeError, match="'b'.*'w'"):
         net_from(text)
 
@@ -124,7 +126,8 @@ def test_legacy_input_fields_become_an_input_layer():
     net = net_from('input: "data" input_dim: 2 input_dim: 3 input_dim: 4 input_dim: 5\n'
                    'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }')
     assert net._layer_names[0] == "input" and net.blobs["data"].shape == (2, 3, 4, 5)
-    net = net_from('input: "data" input_shape { dim: 6 dim: 2 }\nlayer { name: "r" type: "ReLU" bottom: "data" top: "r" }')
+    net = net_from('input: "data" input_shape { dim: 6 dim: 2 }\n'
+                   'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }')
     assert net.inputs == ["data"] and net.blobs["data"].shape == (6, 2)
 
 
