@@ -169,7 +169,8 @@ def test_solver_errors(tmp_path):
     with pytest.raises(PcnError, match="not found: .*nope.solverstate"):
         caffe.get_solver(write_solver(tmp_path)).restore(str(tmp_path / "nope.solverstate"))
     with pytest.raises(PcnError, match="test_iter"):
-        caffe.get_solver(write_solver(tmp_path, "test_interval: 5\n" + 'test_net: "%s"\n' % (tmp_path / "net.prototxt")))
+        extra = 'test_interval: 5\ntest_net: "%s"\n' % (tmp_path / "net.prototxt")
+        caffe.get_solver(write_solver(tmp_path, extra))
 
 
 def test_legacy_solver_type_and_default_snapshot_prefix(tmp_path):
