@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import List, Tuple
 
+import numpy as np
+
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
@@ -50,6 +52,12 @@ def _window_sum(xp, a, size: int, axis: int):
         out[hi] += a[lo]
         out[lo] += a[hi]
     return out
+
+
+def _f(value: float) -> float:
+    """A float field of the prototxt as the decimal it was written as (protobuf stores float32: 0.05 would
+    otherwise become 0.05000000074505806 in float64 computations)."""
+    return float(str(np.float32(value)))
 
 
 def _pow_neg(xp, s, beta: float):
@@ -102,8 +110,8 @@ class BatchNormLayer(Layer):
 
     def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
         p = self.layer_param.batch_norm_param
-        self.maf = float(p.moving_average_fraction)
-        self.eps = float(p.eps)
+        self.maf = _f(p.moving_average_fraction)
+        self.eps = _f(p.eps)
         explicit = p.HasField("use_global_stats")
         self.use_global_stats = bool(p.use_global_stats) if explicit else self.phase == TEST
         if bottom[0].num_axes < 1:
@@ -129,10 +137,8 @@ class BatchNormLayer(Layer):
             raise NetError("layer %r (BatchNorm): parameter blobs have shapes %s, expected %s"
                            % (self.name, got, expected))
         self.param_propagate_down = [False, False, False] + [True] * (len(self.blobs) - 3)
-        for i, spec in enumerate(self.layer_param.param[:3]):
-            if spec.lr_mult != 0:
-                logger.warning("layer %r (BatchNorm): param %d has lr_mult %g, but the statistics blobs are not "
-                               "learned; using lr_mult 0", self.name, i, spec.lr_mult)
+        # A prototxt lr_mult != 0 on blobs 0..2 is overridden (with a warning) by the Net through
+        # fixed_param_indices(), as MyCaffe does; BVLC Caffe refuses such a prototxt.
         logger.info("layer %r (BatchNorm): normalising with %s (%s)", self.name,
                     "global statistics (blobs / S)" if self.use_global_stats else
                     "batch statistics, updating the running sums",
@@ -241,7 +247,7 @@ class LRNLayer(Layer):
         if self.size % 2 != 1:
             raise NetError("layer %r (LRN): local_size must be odd (the window is centred), got %d"
                            % (self.name, self.size))
-        self.alpha, self.beta, self.k = float(p.alpha), float(p.beta), float(p.k)
+        self.alpha, self.beta, self.k = _f(p.alpha), _f(p.beta), _f(p.k)
         self.within = p.norm_region == _LRN.WITHIN_CHANNEL
         if p.norm_region not in (_LRN.ACROSS_CHANNELS, _LRN.WITHIN_CHANNEL):
             raise NetError("layer %r (LRN): unknown norm_region %d" % (self.name, p.norm_region))
@@ -313,7 +319,7 @@ class MVNLayer(Layer):
         p = self.layer_param.mvn_param
         self.normalize_variance = bool(p.normalize_variance)
         self.across_channels = bool(p.across_channels)
-        self.eps = float(p.eps)
+        self.eps = _f(p.eps)
 
     def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
         if bottom[0].num_axes < 1:
@@ -468,12 +474,12 @@ class NormalizeLayer(Layer):
         p = self._param()
         self.across_spatial = bool(p.across_spatial)
         self.channel_shared = bool(p.channel_shared)
-        self.eps = float(p.eps)
+        self.eps = _f(p.eps)
         if p.HasField("esp"):        # MyCaffe's spelling
             if p.HasField("eps") and p.eps != p.esp:
                 raise NetError("layer %r (%s): eps %g and its alias esp %g disagree"
                                % (self.name, self.type, p.eps, p.esp))
-            self.eps = float(p.esp)
+            self.eps = _f(p.esp)
         n, c, s = _as_ncs(self, bottom[0])
         shape = () if self.channel_shared else (c,)
         if not self.blobs:
