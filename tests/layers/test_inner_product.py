@@ -1,0 +1,155 @@
+"""InnerProduct: Caffe's reference cases through the layer, forward values, gradient checks for axis/transpose/bias,
+and clear errors."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from pycaffe_norm.blob import Blob
+from pycaffe_norm.errors import NetError, ShapeError
+from pycaffe_norm.layers import create_layer
+from pycaffe_norm.proto import caffe_pb2
+from tests.gradient_check import GradientChecker, make_blob
+
+TRAIN = caffe_pb2.TRAIN
+REF = pathlib.Path(__file__).resolve().parent.parent / "reference"
+GAUSS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
+
+
+def make_layer(text: str):
+    p = caffe_pb2.LayerParameter()
+    text_format.Parse('name: "ip" type: "InnerProduct" ' + text, p)
+    return create_layer(p, TRAIN)
+
+
+def setup_layer(text, x, dtype=np.float64):
+    layer = make_layer(text)
+    b, t = [make_blob(x, dtype)], [Blob((), dtype=dtype)]
+    layer.initialize(b, t)
+    return layer, b, t
+
+
+def gaussian(shape, seed=0):
+    return np.random.RandomState(seed).randn(*shape)
+
+
+@pytest.mark.parametrize("name", ["ip_2d", "ip_4d_axis1", "ip_transpose"])
+def test_reference_case_layer(name):
+    d = REF / name
+    tol = json.loads((d / "case.json").read_text())["tolerance"]["default"]
+    data = np.load(d / "data.npz", allow_pickle=False)
+    net = caffe_pb2.NetParameter()
+    text_format.Parse((d / "net.prototxt").read_text(), net)
+    (lp,) = [lp for lp in net.layer if lp.type != "Input"]
+    layer = create_layer(lp, TRAIN)
+    b, t = [make_blob(data["in/data"], np.float32)], [Blob((), dtype=np.float32)]
+    layer.initialize(b, t)
+    for i, blob in enumerate(layer.blobs):
+        blob.data[...] = data["param/ip/%d" % i]
+    layer.forward(b, t)
+    t[0].diff[...] = data["topdiff/ip"]
+    layer.backward(t, [True], b)
+    pairs = [(t[0].data, data["out/ip"]), (b[0].diff, data["grad/data"])]
+    pairs += [(blob.diff, data["pgrad/ip/%d" % i]) for i, blob in enumerate(layer.blobs)]
+    for got, ref in pairs:
+        assert got.shape == ref.shape
+        r = ref.astype(np.float64)
+        d_ = np.maximum(np.abs(r), max(tol["floor"] * np.abs(r).max(), tol["atol"]))
+        assert np.max(np.abs(got - r) / d_) <= tol["rtol"]
+
+
+MODES = {
+    # name: (param text, bottom shape, axis)
+    "2d": ("num_output: 3", (4, 5), 1),
+    "4d_axis1": ("num_output: 3", (2, 3, 2, 2), 1),
+    "4d_axis2": ("num_output: 2 axis: 2", (2, 3, 2, 2), 2),
+    "axis_neg1": ("num_output: 2 axis: -1", (2, 3, 4), 2),
+    "axis0": ("num_output: 2 axis: 0", (3, 2), 0),
+    "transpose": ("num_output: 3 transpose: true", (4, 5), 1),
+    "transpose_4d": ("num_output: 2 transpose: true", (2, 2, 3, 2), 1),
+    "no_bias": ("num_output: 3 bias_term: false", (3, 4), 1),
+    "no_bias_transpose": ("num_output: 3 bias_term: false transpose: true", (3, 4), 1),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_forward_values(mode):
+    text, shape, axis = MODES[mode]
+    x = gaussian(shape)
+    layer, b, t = setup_layer("inner_product_param { %s %s }" % (text, GAUSS), x)
+    layer.forward(b, t)
+    m = int(np.prod(shape[:axis]))
+    w = layer.blobs[0].data
+    w = w.T if layer.transpose else w
+    ref = x.reshape(m, -1) @ w.T
+    if layer.bias_term:
+        ref = ref + layer.blobs[1].data
+    assert t[0].shape == shape[:axis] + (w.shape[0],)
+    np.testing.assert_allclose(t[0].data.reshape(m, -1), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_gradient(mode):
+    text, shape, _ = MODES[mode]
+    layer, b, t = setup_layer("inner_product_param { %s %s }" % (text, GAUSS), gaussian(shape))
+    assert GradientChecker(step=1e-2, threshold=1e-3).check(layer, b, t, already_set_up=True) > 0
+
+
+def test_weight_shapes_and_fillers():
+    layer, _, t = setup_layer('inner_product_param { num_output: 4 weight_filler { type: "constant" value: 2 } '
+                              'bias_filler { type: "constant" value: 3 } }', np.ones((2, 3, 5)))
+    assert layer.blobs[0].shape == (4, 15) and layer.blobs[1].shape == (4,)
+    assert np.all(layer.blobs[0].data == 2) and np.all(layer.blobs[1].data == 3)
+    layer2, _, _ = setup_layer("inner_product_param { num_output: 4 transpose: true bias_term: false }",
+                               np.ones((2, 3, 5)))
+    assert [p.shape for p in layer2.blobs] == [(15, 4)]
+
+
+def test_float32_and_param_diff_accumulation():
+    x = gaussian((6, 7)).astype(np.float32)
+    layer, b, t = setup_layer("inner_product_param { num_output: 5 %s }" % GAUSS, x, dtype=np.float32)
+    layer.forward(b, t)
+    assert t[0].data.dtype == np.float32
+    t[0].diff[...] = gaussian((6, 5), 1)
+    layer.backward(t, [False], b)
+    first = [p.diff.copy() for p in layer.blobs]
+    np.testing.assert_allclose(first[0], t[0].diff.T @ x, rtol=1e-5)
+    np.testing.assert_allclose(first[1], t[0].diff.sum(0), rtol=1e-5)
+    layer.backward(t, [True], b)
+    for p, f in zip(layer.blobs, first):
+        np.testing.assert_allclose(p.diff, 2 * f, rtol=1e-5)
+    np.testing.assert_allclose(b[0].diff, t[0].diff @ layer.blobs[0].data, rtol=1e-5, atol=1e-6)
+
+
+def test_reshape_with_other_batch_size():
+    layer, b, t = setup_layer("inner_product_param { num_output: 2 %s }" % GAUSS, gaussian((3, 2, 2)))
+    b[0].reshape((5, 4))
+    layer.reshape(b, t)
+    assert t[0].shape == (5, 2)
+
+
+def test_incompatible_input_size_names_layer_and_shapes():
+    layer, b, t = setup_layer("inner_product_param { num_output: 2 }", np.zeros((3, 4, 2)))
+    b[0].reshape((3, 5, 2))
+    with pytest.raises(ShapeError, match=r"'ip'.*\(3, 5, 2\)"):
+        layer.reshape(b, t)
+
+
+def test_preloaded_weight_with_wrong_shape():
+    layer = make_layer("inner_product_param { num_output: 3 }")
+    layer.blobs = [Blob((3, 7)), Blob((3,))]
+    with pytest.raises(ShapeError, match=r"'ip'.*\(3, 7\).*\(3, 8\)"):
+        layer.initialize([make_blob(np.zeros((2, 8)))], [Blob(())])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("inner_product_param { }", "num_output"),
+    ("inner_product_param { num_output: 2 axis: 3 }", "axis"),
+])
+def test_parameter_errors(text, match):
+    with pytest.raises(NetError, match=r"'ip'.*" + match):
+        setup_layer(text, np.zeros((2, 3)))
