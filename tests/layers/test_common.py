@@ -163,18 +163,28 @@ def test_eltwise_max_and_caffe_tie_rule():
     np.testing.assert_array_equal([bl.diff[0, 0] for bl in bottom], [0, 1, 0])
 
 
-def test_eltwise_sum_in_place():
-    a, b = three()[:2]
-    dy = gaussian(a.shape, seed=9)
-    layer = make_layer('type: "Eltwise" eltwise_param { coeff: 2 coeff: 3 }')
-    ba, bb = make_blob(a), make_blob(b)
-    layer.initialize([ba, bb], [ba])
-    layer.forward([ba, bb], [ba])
-    np.testing.assert_allclose(ba.data, 2 * a + 3 * b)
-    ba.diff[...] = dy
-    layer.backward([ba], [True, True], [ba, bb])
-    np.testing.assert_allclose(ba.diff, 2 * dy)
-    np.testing.assert_allclose(bb.diff, 3 * dy)
+ELTWISE_OPS = ['eltwise_param { coeff: 2 coeff: 3 coeff: -1 }', 'eltwise_param { operation: PROD }',
+               'eltwise_param { operation: PROD stable_prod_grad: false }', 'eltwise_param { operation: MAX }']
+
+
+@pytest.mark.parametrize("alias", [0, 1])
+@pytest.mark.parametrize("param", ELTWISE_OPS)
+def test_eltwise_in_place_matches_out_of_place(param, alias):
+    xs = three()
+    dy = gaussian(xs[0].shape, seed=9)
+    results = []
+    for in_place in (False, True):
+        layer = make_layer('type: "Eltwise" ' + param)
+        bottom = [make_blob(x) for x in xs]
+        top = bottom[alias] if in_place else Blob((), dtype=np.float64)
+        layer.initialize(bottom, [top])
+        layer.forward(bottom, [top])
+        y = top.data.copy()
+        top.diff[...] = dy
+        layer.backward([top], [True] * 3, bottom)
+        results.append([y] + [b.diff.copy() for b in bottom])
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-13)
 
 
 def test_eltwise_errors():
