@@ -6,6 +6,7 @@ import pytest
 from google.protobuf import text_format
 
 import pycaffe_norm
+import pycaffe_norm.random
 from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError
 from pycaffe_norm.layers import create_layer
@@ -13,6 +14,14 @@ from pycaffe_norm.proto import caffe_pb2
 from tests.gradient_check import GradientChecker, make_blob
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+@pytest.fixture(autouse=True)
+def _restore_pcn_rng():
+    """Dropout tests seed pcn's global generator; give later tests the state they would have had."""
+    state = pycaffe_norm.random.rng().get_state()
+    yield
+    pycaffe_norm.random.rng().set_state(state)
 
 
 def make_layer(text: str, phase=TRAIN):
