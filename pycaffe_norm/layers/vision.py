@@ -416,10 +416,16 @@ class PoolingLayer(Layer):
                 xp.multiply(sel, dy.reshape(n, c, 1), out=dx.reshape(n, c, h * w))
                 return
             buf = self._grad_buffer(dx)
-            tmp = self._ws.get("tmp", dy.shape, dy.dtype, xp)
+            hit = self._ws.get("better", dy.shape, np.bool_, xp)
+            disjoint = all(s >= k for s, k in zip(self.stride, self.kernel))
+            tmp = None if disjoint else self._ws.get("tmp", dy.shape, dy.dtype, xp)
             for k, (_, _, sl) in enumerate(self._windows):
-                xp.multiply(dy, self._arg == k, out=tmp)
-                buf[sl] += tmp
+                xp.equal(self._arg, k, out=hit)
+                if disjoint:  # windows do not overlap: each position receives from one output at most
+                    xp.multiply(dy, hit, out=buf[sl])
+                else:
+                    xp.multiply(dy, hit, out=tmp)
+                    buf[sl] += tmp
             self._finish_grad(buf, dx)
         else:
             g = dy / self._area
