@@ -11,6 +11,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from .. import backend
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
@@ -157,66 +158,88 @@ class BatchNormLayer(Layer):
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
         xp = bottom[0].xp
         x = bottom[0].data
-        n, c = x.shape[0], self.channels
-        x3 = x.reshape(n, c, -1)
+        x3 = x.reshape(x.shape[0], self.channels, -1)
         dt = x.dtype.type
+        m = x3.shape[0] * x3.shape[2]
         if self.use_global_stats:
             s = float(self.blobs[2].data.reshape(-1)[0])
             factor = dt(0 if s == 0 else 1 / s)
             mean = self.blobs[0].data * factor
             var = self.blobs[1].data * factor
-            xc = x3 - mean[None, :, None]
         else:
-            m = x3.shape[0] * x3.shape[2]
-            mean = x3.sum(axis=2).sum(axis=0) / dt(m)
-            xc = x3 - mean[None, :, None]
-            var = _chan_dot(xp, xc, xc) / dt(m)
+            mean = _chan_sum(xp, x3) / dt(m)
+        # x_norm is kept for backward: a later in-place layer may overwrite top (Caffe caches it too)
+        xn = _buffer(self, "xnorm", xp, x3.shape, x.dtype)
+        xp.subtract(x3, mean[None, :, None], out=xn)
+        if not self.use_global_stats:
+            var = _chan_dot(xp, xn, xn) / dt(m)
             # Caffe keeps decayed sums; the variance is stored unbiased, m/(m-1).
             maf = dt(self.maf)
-            s_blob = self.blobs[2].data
-            s_blob *= maf
-            s_blob += 1
-            b0, b1 = self.blobs[0].data, self.blobs[1].data
-            b0 *= maf
-            b0 += mean
-            b1 *= maf
-            b1 += var * dt(m / (m - 1) if m > 1 else 1)
-        std = xp.sqrt(var + dt(self.eps))
-        self._inv_std = (1 / std).astype(x.dtype)
-        xc *= self._inv_std[None, :, None]
-        self._xnorm = xc                     # kept: a later in-place layer may overwrite top
-        y = top[0].data.reshape(xc.shape)
+            for blob, stat in ((self.blobs[0], mean), (self.blobs[1], var * dt(m / (m - 1) if m > 1 else 1))):
+                blob.data[...] *= maf
+                blob.data[...] += stat
+            self.blobs[2].data[...] *= maf
+            self.blobs[2].data[...] += 1
+        self._inv_std = (1 / xp.sqrt(var + dt(self.eps))).astype(x.dtype)
+        xn *= self._inv_std[None, :, None]
+        y = top[0].data.reshape(x3.shape)
         if self.scale_bias:
-            xp.multiply(xc, self.blobs[3].data[None, :, None], out=y)
+            xp.multiply(xn, self.blobs[3].data[None, :, None], out=y)
             y += self.blobs[4].data[None, :, None]
         else:
-            y[...] = xc
+            y[...] = xn
 
     def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
         xp = bottom[0].xp
-        xn = self._xnorm
+        xn = self._buffers["xnorm"]
         dy = top[0].diff.reshape(xn.shape)
+        sums = None
+        if not self.use_global_stats or self.scale_bias:
+            sums = _chan_sum(xp, dy), _chan_dot(xp, dy, xn)       # sum(dy), sum(dy * x_norm)
         if self.scale_bias:
             if self.param_propagate_down[3]:
-                self.blobs[3].diff[...] += _chan_dot(xp, dy, xn)
+                self.blobs[3].diff[...] += sums[1]
             if self.param_propagate_down[4]:
-                self.blobs[4].diff[...] += dy.sum(axis=2).sum(axis=0)
-            dy = dy * self.blobs[3].data[None, :, None]
+                self.blobs[4].diff[...] += sums[0]
         if not propagate_down[0]:
             return
-        inv = self._inv_std[None, :, None]
+        # The scale of scale_bias only multiplies the top diff: fold it into the per-channel factor.
+        coef = self._inv_std * self.blobs[3].data if self.scale_bias else self._inv_std
+        dx = bottom[0].diff.reshape(xn.shape)
         if self.use_global_stats:
-            dx = dy * inv
-        else:
-            # dx = (dy - mean(dy) - mean(dy * xnorm) * xnorm) / std, means over N and spatial axes.
-            m = xn.shape[0] * xn.shape[2]
-            dt = xn.dtype.type
-            a = dy.sum(axis=2).sum(axis=0) / dt(m)
-            b = _chan_dot(xp, dy, xn) / dt(m)
-            dx = dy * inv
-            dx -= (a * self._inv_std)[None, :, None]
-            dx -= xn * (b * self._inv_std)[None, :, None]
-        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+            xp.multiply(dy, coef[None, :, None], out=dx)
+            return
+        # dx = (dy - mean(dy) - mean(dy * x_norm) * x_norm) / std, means over N and the spatial axes
+        dt = xn.dtype.type
+        m = dt(xn.shape[0] * xn.shape[2])
+        tmp = _buffer(self, "tmp", xp, xn.shape, xn.dtype)
+        xp.multiply(xn, (sums[1] / m)[None, :, None], out=tmp)
+        xp.subtract(dy, (sums[0] / m)[None, :, None], out=dx)     # dx may be dy (in place): read first
+        dx -= tmp
+        dx *= coef[None, :, None]
+
+
+def _buffer(layer: Layer, name: str, xp, shape, dtype):
+    """A scratch array kept between calls (allocating large arrays every iteration costs page faults)."""
+    bufs = layer.__dict__.setdefault("_buffers", {})
+    buf = bufs.get(name)
+    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or backend.array_module(buf) is not xp:
+        buf = bufs[name] = xp.empty(shape, dtype=dtype)
+    return buf
+
+
+def _chan_sum(xp, a):
+    """Sum over axes 0 and 2 of an (N, C, S) array -> (C,), the inner sums by BLAS as Caffe's gemv."""
+    if a.shape[2] == 1:
+        return a[:, :, 0].sum(axis=0)
+    return xp.matmul(a, xp.ones(a.shape[2], dtype=a.dtype)).sum(axis=0)
+
+
+def _chan_dot(xp, a, b):
+    """Sum over axes 0 and 2 of a*b for (N, C, S) arrays -> (C,): per-(n, c) dot products, then over n."""
+    if a.shape[2] == 1:
+        return xp.einsum("nc,nc->c", a[:, :, 0], b[:, :, 0])
+    return xp.matmul(a[:, :, None, :], b[:, :, :, None])[:, :, 0, 0].sum(axis=0)
 
 
 def _prod(shape) -> int:
@@ -224,11 +247,6 @@ def _prod(shape) -> int:
     for s in shape:
         out *= int(s)
     return out
-
-
-def _chan_dot(xp, a, b):
-    """sum over axes 0 and 2 of a*b for (N, C, S) arrays -> (C,)."""
-    return xp.einsum("ncs,ncs->c", a, b)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -337,30 +355,44 @@ class MVNLayer(Layer):
         xp = bottom[0].xp
         x = bottom[0].data.reshape(self._groups(bottom[0]), -1)
         dt = x.dtype.type
-        xc = x - x.mean(axis=1, keepdims=True)
         y = top[0].data.reshape(x.shape)
+        xp.subtract(x, (_row_sum(xp, x) / dt(x.shape[1]))[:, None], out=y)    # y may be x (in place)
         if self.normalize_variance:
-            var = (xc * xc).mean(axis=1, keepdims=True)
+            var = _row_dot(xp, y, y) / dt(x.shape[1])
             # eps is added to the standard deviation, outside the square root
-            self._div = xp.sqrt(var) + dt(self.eps)
-            xp.divide(xc, self._div, out=y)
-        else:
-            y[...] = xc
+            self._div = (xp.sqrt(var) + dt(self.eps))[:, None]
+            y /= self._div
 
     def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
         if not propagate_down[0]:
             return
+        xp = bottom[0].xp
         g = self._groups(bottom[0])
         dy = top[0].diff.reshape(g, -1)
+        dx = bottom[0].diff.reshape(g, -1)
+        dt = dy.dtype.type
+        d = dt(dy.shape[1])
+        mean_dy = (_row_sum(xp, dy) / d)[:, None]
         if self.normalize_variance:
             # Caffe's formula: (dy - mean(dy) - mean(dy*y)*y) / (std + eps); it treats eps as constant.
             y = top[0].data.reshape(g, -1)
-            dx = dy - dy.mean(axis=1, keepdims=True)
-            dx -= y * (dy * y).mean(axis=1, keepdims=True)
+            tmp = _buffer(self, "tmp", xp, y.shape, y.dtype)
+            xp.multiply(y, (_row_dot(xp, dy, y) / d)[:, None], out=tmp)
+            xp.subtract(dy, mean_dy, out=dx)        # dx may be dy (in place): dy is read before
+            dx -= tmp
             dx /= self._div
         else:
-            dx = dy - dy.mean(axis=1, keepdims=True)
-        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+            xp.subtract(dy, mean_dy, out=dx)
+
+
+def _row_sum(xp, a):
+    """Row sums of a 2-D array, by BLAS."""
+    return xp.matmul(a, xp.ones(a.shape[1], dtype=a.dtype))
+
+
+def _row_dot(xp, a, b):
+    """Row-wise dot products of two 2-D arrays, by BLAS."""
+    return xp.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
 
 
 # --------------------------------------------------------------------------------------------------------
