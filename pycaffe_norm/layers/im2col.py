@@ -191,11 +191,6 @@ def _chunks(n: int, per_image: int):
         yield n0, min(n, n0 + step)
 
 
-def _gemm(a, b, out, xp):
-    # a (G, I, K) @ b (G, K, J) into out (G, I, J); every operand may be a transposed view.
-    xp.matmul(a, b, out=out)
-
-
 # --- convolution kernels ---------------------------------------------------------------------------------
 def conv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
     """Caffe's convolution forward: ``x`` (N, C, *in), ``w`` (M, C/group, *kernel) -> ``y`` (N, M, *out)."""
@@ -208,7 +203,7 @@ def conv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -
         nb = n1 - n0
         col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
         rows = ws.get("rows", (group, m // group, nb * geom.out_count), x.dtype, xp)
-        _gemm(wg, col.reshape(group, -1, col.shape[1]), rows, xp)
+        xp.matmul(wg, col.reshape(group, -1, col.shape[1]), out=rows)
         from_rows(rows.reshape(m, -1), y[n0:n1], bl, bias)
 
 
@@ -234,7 +229,7 @@ def conv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
             dw += xp.matmul(rows, col.transpose(0, 2, 1)).reshape(dw.shape)
         if dx is not None:
             dcol = ws.get("col", (group, wg.shape[2], rows.shape[2]), dy.dtype, xp)
-            _gemm(wg.transpose(0, 2, 1), rows, dcol, xp)
+            xp.matmul(wg.transpose(0, 2, 1), rows, out=dcol)  # BLAS takes the transposed view as is
             buf = col2im(dcol.reshape(-1, rows.shape[2]), c, nb, geom, bl, ws, "dxl")
             from_layout(buf, geom, bl, dx[n0:n1])
 
@@ -252,7 +247,7 @@ def deconv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace)
         nb = n1 - n0
         rows = to_rows(x[n0:n1], bl, ws, "rows").reshape(group, cg, -1)
         col = ws.get("col", (group, wg.shape[2], rows.shape[2]), x.dtype, xp)
-        _gemm(wg.transpose(0, 2, 1), rows, col, xp)
+        xp.matmul(wg.transpose(0, 2, 1), rows, out=col)
         buf = col2im(col.reshape(-1, rows.shape[2]), m, nb, geom, bl, ws, "dxl")
         from_layout(buf, geom, bl, y[n0:n1])
     if bias is not None:
@@ -281,5 +276,5 @@ def deconv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
             dw += xp.matmul(rows, col.transpose(0, 2, 1)).reshape(dw.shape)
         if dx is not None:
             out = ws.get("rows", (group, cg, col.shape[2]), dy.dtype, xp)
-            _gemm(wg, col, out, xp)
+            xp.matmul(wg, col, out=out)
             from_rows(out.reshape(cin, -1), dx[n0:n1], bl)
