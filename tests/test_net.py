@@ -69,7 +69,7 @@ def test_forward_backward_and_pruning():
 def test_force_backward_and_lr_mult_zero():
     frozen = MLP.replace('top: "ip1"\n', 'top: "ip1" param { lr_mult: 0 } param { lr_mult: 0 }\n', 1)
     net = net_from("force_backward: true\n" + frozen)
-    net.forward(data=np.ones((4, 3)), label=np.zeros(4))
+    net.forward(data=np.random.RandomState(2).randn(4, 3), label=np.zeros(4))
     net.backward()
     assert np.any(net.blobs["data"].diff != 0)
     assert net.bottom_need_backward[4] == [True, False]  # labels never get a gradient
