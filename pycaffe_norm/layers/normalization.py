@@ -134,7 +134,9 @@ class BatchNormLayer(Layer):
             self.blobs += [scale, bias]
         expected = [(c,), (c,), (1,)] + ([(c,), (c,)] if self.scale_bias else [])
         got = [tuple(b.shape) for b in self.blobs]
-        if len(got) != len(expected) or any(int(_prod(g)) != int(_prod(e)) for g, e in zip(got, expected)):
+        # S is read from element 0 of blobs[2], as Caffe does; MyCaffe stores it with shape (C,).
+        if len(got) != len(expected) or self.blobs[2].count < 1 or \
+                any(_prod(g) != _prod(e) for i, (g, e) in enumerate(zip(got, expected)) if i != 2):
             raise NetError("layer %r (BatchNorm): parameter blobs have shapes %s, expected %s"
                            % (self.name, got, expected))
         self.param_propagate_down = [False, False, False] + [True] * (len(self.blobs) - 3)

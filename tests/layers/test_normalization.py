@@ -155,6 +155,13 @@ def test_batchnorm_global_mode_divides_by_S_and_zero_S_means_zero_stats():
     assert float(layer.blobs[2].data[0]) == 2.0   # no update in global mode
 
 
+def test_batchnorm_reads_S_from_element_0_of_a_mycaffe_shaped_blob():
+    layer = layer_of('type: "BatchNorm"', TEST)
+    layer.blobs = [make_blob([1.0, 2.0]), make_blob([4.0, 9.0]), make_blob([2.0, 2.0])]   # MyCaffe: S is (C,)
+    _, top = run(layer, np.ones((3, 2)))
+    np.testing.assert_allclose(top[0].data[0], [0.5 / np.sqrt(2 + 1e-5), 0.0], rtol=1e-12)
+
+
 def test_batchnorm_train_and_test_differ_and_test_uses_saved_sums():
     r = rng(5)
     train = layer_of('type: "BatchNorm"', TRAIN)
