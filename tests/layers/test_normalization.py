@@ -245,7 +245,8 @@ def test_batchnorm_in_place_matches_out_of_place_and_caches_xnorm():
 
 
 @pytest.mark.parametrize("phase", [TRAIN, TEST])
-def test_batchnorm_scale_bias(phase):
+@pytest.mark.parametrize("in_place", [False, True])
+def test_batchnorm_scale_bias(phase, in_place):
     x = rng(11).randn(5, 3, 2, 2) * 1.5 + 0.7
     text = ('type: "BatchNorm" batch_norm_param { scale_bias: true scale_filler { type: "constant" value: 2 } '
             'bias_filler { type: "constant" value: 0.5 } }')
@@ -262,7 +263,7 @@ def test_batchnorm_scale_bias(phase):
     layer = layer_of(text, phase)
     layer.blobs = [make_blob([0.3, -0.2, 1.0]), make_blob([2.0, 0.5, 1.0]), make_blob([1.5]),
                    make_blob([0.5, -1.5, 2.0]), make_blob([0.1, 0.2, -0.3])]
-    grad_check(layer, x, threshold=1e-4)
+    grad_check(layer, x, threshold=1e-4, in_place=in_place)
 
 
 def test_batchnorm_scale_bias_on_by_filler_and_default_fillers():
