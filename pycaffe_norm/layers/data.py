@@ -85,7 +85,7 @@ class HDF5DataLayer(Layer):
                            "files" % self.name)
         found = resolve_path(source)
         if found is None:
-            raise NetError("layer %r (HDF5Data): source list file not found: %s (looked in %s and its parents)"
+            raise NetError("layer %r (HDF5Data): source list file not found: %s (working directory: %s)"
                            % (self.name, source, os.getcwd()))
         log.info("Loading list of HDF5 filenames from: %s", found)
         return found
