@@ -33,12 +33,15 @@ _MAX_SHIFTS = 16
 def _window_sum(xp, a, size: int, axis: int):
     """Sum over a centred window of ``size`` (odd) along ``axis``, zero padded at both ends (so clipped).
 
-    Small windows use shifted slice additions (no cancellation, unlike a cumulative sum); large ones a
-    matrix product with a band of ones, which BLAS sums just as exactly.
+    Small windows use shifted slice additions (no cancellation, unlike a cumulative sum); large windows, and
+    short last axes, a matrix product with a band of ones, which BLAS sums just as exactly.
     """
     n = a.shape[axis]
     reach = min((size - 1) // 2, n - 1)
-    if 2 * reach > _MAX_SHIFTS:
+    if reach == 0:
+        return a.copy()
+    # Short strided slices along the last axis are slow to add; a small matrix product is not.
+    if 2 * reach > _MAX_SHIFTS or (axis == a.ndim - 1 and n <= 64):
         i = xp.arange(n)
         band = (xp.abs(i[:, None] - i[None, :]) <= (size - 1) // 2).astype(a.dtype)
         moved = xp.moveaxis(a, axis, -1)
@@ -231,10 +234,11 @@ def _buffer(layer: Layer, name: str, xp, shape, dtype):
 
 
 def _chan_sum(xp, a):
-    """Sum over axes 0 and 2 of an (N, C, S) array -> (C,), the inner sums by BLAS as Caffe's gemv."""
+    """Sum over axes 0 and 2 of an (N, C, S) array -> (C,): per-(n, c) BLAS dot products with ones (as
+    Caffe's gemv), then over n."""
     if a.shape[2] == 1:
         return a[:, :, 0].sum(axis=0)
-    return xp.matmul(a, xp.ones(a.shape[2], dtype=a.dtype)).sum(axis=0)
+    return xp.matmul(a[:, :, None, :], xp.ones((a.shape[2], 1), dtype=a.dtype))[:, :, 0, 0].sum(axis=0)
 
 
 def _chan_dot(xp, a, b):
@@ -388,8 +392,9 @@ class MVNLayer(Layer):
 
 
 def _row_sum(xp, a):
-    """Row sums of a 2-D array, by BLAS."""
-    return xp.matmul(a, xp.ones(a.shape[1], dtype=a.dtype))
+    """Row sums of a 2-D array, by BLAS dot products. One large gemv would be split over OpenBLAS threads, whose
+    wake-ups cost milliseconds whenever another process holds a core; many small products stay on one."""
+    return xp.matmul(a[:, None, :], xp.ones((a.shape[1], 1), dtype=a.dtype))[:, 0, 0]
 
 
 def _row_dot(xp, a, b):
