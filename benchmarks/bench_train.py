@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -74,8 +73,16 @@ def training_flops(net) -> float:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (resource on Unix; psutil's peak working set on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        import psutil  # pip install 'pycaffe_norm[bench]'
+
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss) / 2.0 ** 20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0  # bytes on macOS, KiB on Linux
+    return rss / 2.0 ** 20 if sys.platform == "darwin" else rss / 1024.0  # bytes on macOS, KiB on Linux
 
 
 def worker(model: str, iterations: int, warmup: int) -> dict:
