@@ -182,3 +182,33 @@ def test_cifar10_quick_topology():
     p = read_text(str(CIFAR / "cifar10_quick_solver.prototxt"), caffe_pb2.SolverParameter())
     assert (p.lr_policy, p.max_iter, abs(p.base_lr - 0.001) < 1e-9, abs(p.weight_decay - 0.004) < 1e-9) == \
         ("fixed", 4000, True, True)
+
+
+# --- benchmark ----------------------------------------------------------------------------------------------
+
+def load_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_flop_count_of_lenet(lenet_nets):
+    train, _ = lenet_nets
+    macs = {"conv1": 64 * 20 * 24 * 24 * 25, "conv2": 64 * 50 * 8 * 8 * 500,
+            "ip1": 64 * 500 * 800, "ip2": 64 * 10 * 500}
+    # forward and weight gradient everywhere; no bottom gradient for conv1, whose bottom is the data
+    expected = 2 * 2 * sum(macs.values()) + 2 * (sum(macs.values()) - macs["conv1"])
+    assert load_benchmark().training_flops(train) == expected
+
+
+def test_benchmark_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--models", "lenet",
+                          "--iterations", "1", "--warmup", "0", "--gemm-size", "128"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    row = [line for line in out.stdout.splitlines() if line.startswith("lenet ")]
+    assert len(row) == 1 and len(row[0].split()) == 7
+    assert "GEMM" in out.stdout
