@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -20,9 +19,7 @@ import pycaffe_norm as caffe
 from pycaffe_norm.errors import NetError, ShapeError
 from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from gradient_check import GradientChecker, make_blob  # noqa: E402
+from tests.gradient_check import GradientChecker, make_blob
 
 REF = pathlib.Path(__file__).resolve().parents[1] / "reference"
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST

@@ -3,9 +3,6 @@ gradient checks (Caffe's threshold 1e-3), in-place use, accumulation into parame
 The reference cases scale_* and bias_axis1 run end to end in tests/test_reference.py."""
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -14,9 +11,7 @@ import pycaffe_norm as caffe
 from pycaffe_norm.errors import NetError, ShapeError
 from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from gradient_check import GradientChecker, make_blob  # noqa: E402
+from tests.gradient_check import GradientChecker, make_blob
 
 
 def layer_of(text: str):
