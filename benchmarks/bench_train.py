@@ -2,9 +2,11 @@
 """Training speed of pcn: ms per SGD iteration (forward + backward + update through the solver) for LeNet and
 CIFAR-10-quick, with the arithmetic rate it reaches and how that compares with NumPy's own float32 GEMM.
 
-    python benchmarks/bench_train.py [--iterations 50] [--warmup 5] [--models lenet,cifar10_quick]
+    python benchmarks/bench_train.py [--iterations 50] [--warmup 5] [--models lenet,cifar10_quick] [--threads N]
 
-Each model runs in its own subprocess, so its peak resident memory is its own. LeNet (batch 64) reads the
+Each model, and the GEMM reference, runs in its own subprocess with the same BLAS thread setting, so its peak
+resident memory is its own. On a busy machine pass ``--threads 1``: OpenBLAS threads that wait for a core can
+slow small matrix products a hundredfold. LeNet (batch 64) reads the
 bundled MNIST digits through its HDF5Data layer; CIFAR-10-quick (batch 100) gets random images in its Input
 layers. FLOPs count 2 per multiply-add of Convolution and InnerProduct layers: the forward pass, the weight
 gradient, and the bottom gradient wherever the net computes one (not for the first layer, whose bottom is data).
@@ -122,8 +124,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default: 5)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: %s" % ", ".join(MODELS))
     ap.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n float32 GEMM (default: 2048)")
+    ap.add_argument("--threads", type=int, help="BLAS threads (sets OPENBLAS/OMP/MKL_NUM_THREADS); default: as set")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker == "gemm":
+        print(json.dumps({"gflops": gemm_gflops(args.gemm_size)}))
+        return 0
     if args.worker:
         print(json.dumps(worker(args.worker, args.iterations, args.warmup)))
         return 0
@@ -134,20 +140,30 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    gemm = gemm_gflops(args.gemm_size)
-    rows = []
-    for m in models:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", m,
-                              "--iterations", str(args.iterations), "--warmup", str(args.warmup)],
-                             cwd=ROOT, capture_output=True, text=True)
-        if out.returncode != 0:
-            print("%s failed:\n%s" % (m, out.stderr), file=sys.stderr)
-            return 1
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    env = dict(os.environ)
+    if args.threads:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(args.threads)
 
-    print("pcn training benchmark: %s, Python %s, NumPy %s, %d CPU(s), %d timed + %d warm-up iterations"
-          % (platform.machine(), platform.python_version(), np.__version__, os.cpu_count() or 0,
-             args.iterations, args.warmup))
+    def run(job: str) -> dict:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", job, "--iterations",
+                              str(args.iterations), "--warmup", str(args.warmup), "--gemm-size", str(args.gemm_size)],
+                             cwd=ROOT, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise RuntimeError("%s failed:\n%s" % (job, out.stderr))
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    try:
+        gemm = run("gemm")["gflops"]
+        rows = [run(m) for m in models]
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+    threads = env.get("OPENBLAS_NUM_THREADS") or env.get("OMP_NUM_THREADS") or "default"
+    print("pcn training benchmark: %s, Python %s, NumPy %s, %d CPU(s), BLAS threads %s, %d timed + %d warm-up "
+          "iterations" % (platform.machine(), platform.python_version(), np.__version__, os.cpu_count() or 0,
+                          threads, args.iterations, args.warmup))
     print("NumPy float32 GEMM (%d x %d): %.1f GFLOP/s" % (args.gemm_size, args.gemm_size, gemm))
     header = "%-15s %5s %10s %11s %9s %9s %10s" % ("model", "batch", "ms/iter", "GFLOP/iter", "GFLOP/s",
                                                      "% GEMM", "peak MiB")
