@@ -66,6 +66,11 @@ def test_variant_solver_matches_lenet(variant, at_root):
     text_format.Parse((ROOT / param.net).read_text(), net)
     types = {layer.type for layer in net.layer}
     assert LAYER_TYPES[variant] <= types
+    # These layers read their own top in backward (as in Caffe): a later in-place layer must not overwrite it.
+    for i, layer in enumerate(net.layer):
+        if layer.type in ("LRN", "MVN", "Normalization1", "GRN"):
+            for later in net.layer[i + 1:]:
+                assert not (layer.top[0] in later.bottom and layer.top[0] in later.top), (layer.name, later.name)
     if variant == "lenet_bn":
         for layer in net.layer:
             if layer.type == "BatchNorm":
