@@ -40,7 +40,8 @@ MODELS: List[Tuple[str, str]] = [
 
 _TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
 _TEST_OUT = re.compile(r"Test net output #\d+: (\S+) = ([-+0-9.eEinfa]+)")
-_TRAIN_LOSS = re.compile(r"Iteration (\d+), loss = ([-+0-9.eEinfa]+)")
+# Newer Caffe writes "Iteration 100 (2.5 iter/s, 40s/100 iters), loss = ..."
+_TRAIN_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = ([-+0-9.eEinfa]+)")
 
 
 def parse_log(text: str, output: str = "accuracy") -> Dict[str, List[Tuple[int, float]]]:

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Forward + backward time of pcn's normalization layers on CIFAR-sized float32 blobs, next to the equivalent
+PyTorch CPU operation when torch is importable.
+
+    python benchmarks/bench_normalization.py [--shapes 100x32x16x16,100x32x32x32] [--repeat 15]
+    python benchmarks/bench_normalization.py --layers LRN,BatchNorm   # the cases whose names contain these
+
+Each case times one ``forward`` and one ``backward`` (bottom gradient, and parameter gradients where the
+layer has parameters) and reports the best (minimum) of ``--repeat`` runs after two warm-up runs, which is the
+figure least disturbed by other processes, and also the ratio of the medians; the PyTorch side
+times ``y = op(x); y.backward(dy)`` the same way, with ``torch.set_num_threads`` set to the number of threads
+NumPy's BLAS uses. The pcn layers run in Caffe's semantics (BatchNorm in TRAIN also updates its running sums);
+the PyTorch equivalents are listed in ``CASES``. The forward outputs of both are compared (``max|diff|``) so
+that the pairs are known to compute the same thing. Targets from the project: LRN at most 0.5x PyTorch's
+``local_response_norm``, BatchNorm at most 2x PyTorch's ``batch_norm``. It prints a table and asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from google.protobuf import text_format  # noqa: E402
+
+from pycaffe_norm.blob import Blob  # noqa: E402
+from pycaffe_norm.layers import create_layer  # noqa: E402
+from pycaffe_norm.proto import caffe_pb2  # noqa: E402
+
+# (name, pcn layer prototxt, target ratio pcn/torch or None, torch equivalent (a key of _torch_ops))
+CASES: List[Tuple[str, str, Optional[float], str]] = [
+    ("BatchNorm TRAIN", 'type: "BatchNorm"', 2.0, "batch_norm"),
+    ("Scale (bias_term)", 'type: "Scale" scale_param { bias_term: true }', None, "scale"),
+    ("LRN ACROSS_CHANNELS", 'type: "LRN" lrn_param { local_size: 5 alpha: 1 beta: 0.75 k: 1 }', 0.5,
+     "local_response_norm"),
+    ("LRN WITHIN_CHANNEL", 'type: "LRN" lrn_param { local_size: 5 alpha: 1 beta: 0.75 norm_region: WITHIN_CHANNEL }',
+     None, "lrn_within"),
+    ("MVN", 'type: "MVN"', None, "mvn"),
+    ("Normalization1 (L2)", 'type: "Normalization1"', None, "normalize_sample"),
+    ("GRN", 'type: "GRN"', None, "normalize_channels"),
+    ("Normalize (per position, per-channel scale)",
+     'type: "Normalize" norm_param { across_spatial: false channel_shared: false '
+     'scale_filler { type: "constant" value: 20 } }', None, "normalize_scaled"),
+]
+
+# What each PyTorch column computes (printed under the table).
+TORCH_DOC = {
+    "batch_norm": "F.batch_norm(x, running_mean, running_var, training=True, eps=1e-5) (no affine)",
+    "scale": "x * w[None, :, None, None] + b[None, :, None, None] (w, b require grad)",
+    "local_response_norm": "F.local_response_norm(x, 5, alpha=1, beta=0.75, k=1)",
+    "lrn_within": "x * (1 + avg_pool2d(x^2, 5, stride 1, pad 2, count_include_pad))^-0.75 (no torch op)",
+    "mvn": "(x - mean) / (std + 1e-9) over H, W, written with torch ops (F.instance_norm puts eps in the sqrt)",
+    "normalize_sample": "F.normalize(x.flatten(1), p=2, dim=1, eps=0)",
+    "normalize_channels": "F.normalize(x, p=2, dim=1, eps=0)",
+    "normalize_scaled": "x / sqrt(sum_c x^2 + 1e-10) * w[None, :, None, None] (w requires grad)",
+}
+
+
+def blas_threads() -> Tuple[int, str]:
+    """The number of threads NumPy's BLAS uses, and how it was found."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [i for i in threadpool_info() if i.get("internal_api") in ("openblas", "mkl", "blis")]
+        if blas:
+            return int(blas[0]["num_threads"]), "threadpoolctl"
+    except ImportError:
+        pass
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").strip().isdigit():
+            return int(os.environ[var]), var
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return n, "usable CPUs (OpenBLAS's default)"
+
+
+def _median_ms(fn: Callable[[], None], repeat: int, warmup: int = 2) -> Tuple[float, float]:
+    """(median, best) wall time of ``fn`` in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), min(times)
+
+
+def pcn_case(spec: str, x: np.ndarray, dy: np.ndarray):
+    """A pcn layer set up on ``x`` in TRAIN; returns (run forward+backward, run forward, run backward, top)."""
+    param = caffe_pb2.LayerParameter()
+    text_format.Parse('name: "bench" ' + spec, param)
+    layer = create_layer(param, caffe_pb2.TRAIN)
+    bottom, top = Blob(x.shape), Blob(x.shape)
+    bottom.data[...] = x
+    layer.initialize([bottom], [top])
+    top.diff[...] = dy
+
+    def fwd():
+        layer.forward([bottom], [top])
+
+    def bwd():
+        layer.backward([top], [True], [bottom])
+
+    def both():
+        fwd()
+        bwd()
+
+    return both, fwd, bwd, top
+
+
+def _torch_ops(torch, c: int):
+    F = torch.nn.functional
+    w = torch.full((c,), 20.0, requires_grad=True)
+    s = torch.ones(c, requires_grad=True)
+    b = torch.zeros(c, requires_grad=True)
+    rm, rv = torch.zeros(c), torch.ones(c)
+
+    def lrn_within(x):
+        p = F.avg_pool2d(x * x, 5, stride=1, padding=2, count_include_pad=True)
+        return x * (1 + p).pow(-0.75)
+
+    def mvn(x):
+        xc = x - x.mean(dim=(2, 3), keepdim=True)
+        return xc / ((xc * xc).mean(dim=(2, 3), keepdim=True).sqrt() + 1e-9)
+
+    return {
+        "batch_norm": lambda x: F.batch_norm(x, rm, rv, training=True, momentum=0.001, eps=1e-5),
+        "scale": lambda x: x * s[None, :, None, None] + b[None, :, None, None],
+        "local_response_norm": lambda x: F.local_response_norm(x, 5, alpha=1.0, beta=0.75, k=1.0),
+        "lrn_within": lrn_within,
+        "mvn": mvn,
+        "normalize_sample": lambda x: F.normalize(x.flatten(1), p=2.0, dim=1, eps=0.0).view_as(x),
+        "normalize_channels": lambda x: F.normalize(x, p=2.0, dim=1, eps=0.0),
+        "normalize_scaled": lambda x: x / ((x * x).sum(dim=1, keepdim=True) + 1e-10).sqrt() * w[None, :, None, None],
+    }
+
+
+def torch_case(torch, op: Callable, x: np.ndarray, dy: np.ndarray):
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    dyt = torch.from_numpy(dy.copy())
+    out = {}
+
+    def both():
+        xt.grad = None
+        y = op(xt)
+        y.backward(dyt)
+        out["y"] = y
+
+    both()
+    return both, lambda: out["y"].detach().numpy()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="100x32x16x16,100x32x32x32", help="comma-separated NxCxHxW")
+    ap.add_argument("--repeat", type=int, default=15, help="timed runs per case (median reported)")
+    ap.add_argument("--layers", default="", help="comma-separated substrings of the case names to run")
+    ap.add_argument("--no-torch", action="store_true", help="time pcn only")
+    args = ap.parse_args(argv)
+
+    threads, how = blas_threads()
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            torch = None
+    print("NumPy %s, BLAS threads %d (%s); %s; Python %s; %s" % (
+        np.__version__, threads, how, "torch %s, %d threads" % (torch.__version__, torch.get_num_threads())
+        if torch else "torch not importable", platform.python_version(), platform.processor() or platform.machine()))
+    wanted = [w.strip().lower() for w in args.layers.split(",") if w.strip()]
+    cases = [c for c in CASES if not wanted or any(w in c[0].lower() for w in wanted)]
+
+    header = "%-44s %-15s %8s %8s %8s %9s %7s %9s %12s %9s" % (
+        "layer", "shape", "pcn fwd", "pcn bwd", "pcn f+b", "torch f+b", "ratio", "(median)", "target", "max|diff|")
+    print(header)
+    print("-" * len(header))
+    rs = np.random.RandomState(0)
+    for shape_text in args.shapes.split(","):
+        shape = tuple(int(d) for d in shape_text.lower().split("x"))
+        x = rs.randn(*shape).astype(np.float32)
+        dy = rs.randn(*shape).astype(np.float32)
+        for name, spec, target, torch_key in cases:
+            both, fwd, bwd, top = pcn_case(spec, x, dy)
+            med_both, t_both = _median_ms(both, args.repeat)
+            _, t_fwd = _median_ms(fwd, args.repeat)
+            # backward alone: forward once so every cache matches, then time backward only
+            fwd()
+            _, t_bwd = _median_ms(bwd, args.repeat)
+            row = "%-44s %-15s %8.2f %8.2f %8.2f" % (name, shape_text, t_fwd, t_bwd, t_both)
+            if torch is not None:
+                op = _torch_ops(torch, shape[1])[torch_key]
+                t_run, y_of = torch_case(torch, op, x, dy)
+                med_torch, t_torch = _median_ms(t_run, args.repeat)
+                fwd()   # pcn's forward on the same input (BatchNorm: batch statistics either way)
+                diff = float(np.abs(top.data - y_of()).max())
+                ratio = t_both / t_torch
+                verdict = ""
+                if target is not None:
+                    verdict = ("<= %.1fx %s" % (target, "ok" if ratio <= target else "MISS"))
+                row += " %9.2f %6.2fx %8.2fx %12s %9.1e" % (t_torch, ratio, med_both / med_torch, verdict, diff)
+            print(row, flush=True)
+    print("times in ms, best of %d; ratio = pcn f+b / torch f+b (best; then medians); target: on the best"
+          % args.repeat)
+    if torch is not None:
+        print("PyTorch equivalents:")
+        for _, _, _, key in cases:
+            print("  %-20s %s" % (key, TORCH_DOC[key]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
