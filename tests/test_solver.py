@@ -191,3 +191,19 @@ def test_solve_runs_to_max_iter_and_snapshots_after_train(tmp_path):
     state = caffe_pb2.SolverState()
     state.ParseFromString((tmp_path / "snap_iter_20.solverstate").read_bytes())
     assert state.iter == 20 and len(state.history) == 4 and state.learned_net.endswith("snap_iter_20.caffemodel")
+
+
+def test_repository_relative_net_path_resolves_from_the_model_folder(tmp_path, monkeypatch):
+    # models/x/solver.prototxt names "models/x/net.prototxt" (relative to the repository root, as BVLC's examples
+    # do); running from models/x must still find it, through the solver folder's parents.
+    model_dir = tmp_path / "models" / "x"
+    model_dir.mkdir(parents=True)
+    (model_dir / "net.prototxt").write_text(NET)
+    (model_dir / "solver.prototxt").write_text('net: "models/x/net.prototxt"\nbase_lr: 0.1\nlr_policy: "fixed"\n')
+    monkeypatch.chdir(model_dir)
+    solver = caffe.get_solver("solver.prototxt")
+    assert solver.net.name == "tiny"
+    monkeypatch.chdir(tmp_path / "models")
+    with pytest.raises(PcnError, match="missing.prototxt"):
+        (model_dir / "bad.prototxt").write_text('net: "models/x/missing.prototxt"\nbase_lr: 0.1\n')
+        caffe.get_solver("x/bad.prototxt")

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import backend, prototxt
 from ..blob import Blob
+from ..data.paths import resolve_path
 from ..errors import PcnError
 from ..io.arrays import array_to_blobproto, blobproto_to_array
 from ..net import TEST, TRAIN, Net
@@ -40,11 +41,9 @@ def read_solver_param(path: str) -> caffe_pb2.SolverParameter:
 
 
 def _resolve(path: str, solver_path: Optional[str]) -> str:
-    """Caffe reads paths relative to the working directory; pcn also tries the solver file's directory."""
-    if os.path.exists(path) or os.path.isabs(path) or not solver_path:
-        return path
-    alt = os.path.join(os.path.dirname(os.path.abspath(solver_path)), path)
-    return alt if os.path.exists(alt) else path
+    """Caffe reads paths relative to the working directory; pcn also tries the solver file's folder and its parents."""
+    anchors = [os.path.dirname(os.path.abspath(solver_path))] if solver_path else []
+    return resolve_path(path, anchors) or path
 
 
 class Solver:
