@@ -279,6 +279,7 @@ class Net:
                     blob_need_backward[tid] = True
         self._prune_backward(blob_need_backward)
         self.blob_need_backward = blob_need_backward
+        self._warn_in_place_overwrites()
         self.output_blob_indices = [name_to_idx[n] for n in sorted(available)]
         self._layer_index = {lp.name: i for i, lp in enumerate(self.layer_params)}
         self._blob_index = {n: i for i, n in enumerate(self._blob_names)}
@@ -331,6 +332,22 @@ class Net:
             self.params_lr.append(lr_mult)
             self.params_weight_decay.append(spec.decay_mult)
         return need_backward
+
+    def _warn_in_place_overwrites(self) -> None:
+        """Warns when an in-place layer overwrites a top that its producer reads in backward (e.g. LRN, MVN,
+        Sigmoid): Caffe computes wrong gradients for such a prototxt without a word."""
+        for i, layer in enumerate(self.layers):
+            if not (layer.backward_reads_top and self.layer_need_backward[i]):
+                continue
+            for tid in self.top_ids[i]:
+                for j in range(i + 1, len(self.layers)):
+                    if tid in self.top_ids[j] and tid in self.bottom_ids[j]:
+                        later, producer = self.layer_params[j], self.layer_params[i]
+                        log.warning("layer %r (%s) computes in place on blob %r, which layer %r (%s) reads in its "
+                                    "backward pass: its gradients will be wrong; give %r its own top blob",
+                                    later.name, later.type, self._blob_names[tid], producer.name, producer.type,
+                                    later.name)
+                        break
 
     def _prune_backward(self, blob_need_backward: List[bool]) -> None:
         """Caffe's pass from the last layer back: layers that contribute to no loss skip backward."""

@@ -226,3 +226,39 @@ def test_float64_nets_and_reshape():
     net.blobs["label"].reshape(7)
     net.reshape()
     assert net.blobs["ip2"].shape == (7, 3)
+
+
+@pytest.mark.parametrize("producer", ["LRN", "MVN", "Normalization1", "GRN", "Sigmoid", "TanH"])
+def test_warns_when_in_place_layer_overwrites_a_top_read_in_backward(producer, caplog):
+    text = """
+    force_backward: true
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
+    layer { name: "norm" type: "%s" bottom: "data" top: "norm" }
+    layer { name: "scale" type: "Scale" bottom: "norm" top: "%s" scale_param { bias_term: true } }
+    """
+    with caplog.at_level("WARNING", logger="pycaffe_norm"):
+        net_from(text % (producer, "norm"))
+    assert any("'scale' (Scale) computes in place on blob 'norm'" in r.getMessage() and "'norm' (%s)" % producer
+               in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pycaffe_norm"):
+        net_from(text % (producer, "scaled"))           # out of place: nothing to warn about
+    assert not [r for r in caplog.records if "in place" in r.getMessage()]
+
+
+def test_no_in_place_warning_where_it_is_harmless(caplog):
+    # BatchNorm keeps its own normalised copy for backward, so BatchNorm + in-place Scale is the usual, safe idiom;
+    # without backward (no force_backward, no parameters before) the top is never read again.
+    with caplog.at_level("WARNING", logger="pycaffe_norm"):
+        net_from("""
+        force_backward: true
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
+        layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }
+        layer { name: "scale" type: "Scale" bottom: "data" top: "data" scale_param { bias_term: true } }
+        """)
+        net_from("""
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
+        layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" }
+        layer { name: "relu" type: "ReLU" bottom: "lrn" top: "lrn" }
+        """)
+    assert not [r for r in caplog.records if "in place" in r.getMessage()]

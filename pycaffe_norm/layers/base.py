@@ -62,6 +62,9 @@ class Layer:
     # Layers whose top may equal their bottom (in-place) do not need to do anything special, but layers that
     # cannot run in place say so here and the Net refuses such a prototxt with a clear error.
     allow_in_place: bool = True
+    # Layers whose backward reads their own top data (as Caffe's do): a later layer that overwrites that top in
+    # place corrupts their gradients, and the Net warns about such a prototxt.
+    backward_reads_top: bool = False
 
     def __init__(self, param: caffe_pb2.LayerParameter, phase: int = TRAIN):
         self.layer_param = param

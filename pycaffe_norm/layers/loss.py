@@ -35,6 +35,8 @@ def _split_at(blob: Blob, axis: int):
 class SoftmaxLayer(Layer):
     """y = exp(x - max) / sum(exp(x - max)) along ``softmax_param.axis`` (default 1)."""
 
+    backward_reads_top = True
+
     exact_num_bottom = 1
     exact_num_top = 1
 

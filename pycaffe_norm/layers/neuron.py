@@ -69,6 +69,8 @@ class ReLULayer(NeuronLayer):
 class SigmoidLayer(NeuronLayer):
     """y = 1 / (1 + exp(-x)); computed as 0.5 * tanh(0.5 x) + 0.5, which cannot overflow."""
 
+    backward_reads_top = True
+
     def forward(self, bottom, top):
         xp = bottom[0].xp
         y = top[0].data
@@ -85,6 +87,8 @@ class SigmoidLayer(NeuronLayer):
 
 @register("TanH")
 class TanHLayer(NeuronLayer):
+    backward_reads_top = True
+
     def forward(self, bottom, top):
         bottom[0].xp.tanh(bottom[0].data, out=top[0].data)
 
@@ -112,6 +116,8 @@ class AbsValLayer(NeuronLayer):
 class ELULayer(NeuronLayer):
     """y = x for x > 0, alpha * (exp(x) - 1) otherwise."""
 
+    backward_reads_top = True
+
     def setup(self, bottom, top):
         self.alpha = float(self.layer_param.elu_param.alpha)
 
@@ -135,6 +141,8 @@ class ELULayer(NeuronLayer):
 @register("Power")
 class PowerLayer(NeuronLayer):
     """y = (shift + scale * x) ^ power, with Caffe's special cases for the derivative."""
+
+    backward_reads_top = True
 
     needs_bottom_in_backward = True
 
@@ -186,6 +194,8 @@ class PowerLayer(NeuronLayer):
 @register("Exp")
 class ExpLayer(NeuronLayer):
     """y = base ^ (shift + scale * x); base -1 means e."""
+
+    backward_reads_top = True
 
     def setup(self, bottom, top):
         p = self.layer_param.exp_param
@@ -307,6 +317,8 @@ class ClipLayer(NeuronLayer):
 @register("Swish")
 class SwishLayer(NeuronLayer):
     """y = x * sigmoid(beta * x). Backward needs only the top and the saved sigmoid, so in place is fine."""
+
+    backward_reads_top = True
 
     def setup(self, bottom, top):
         self.beta = float(self.layer_param.swish_param.beta)

@@ -262,6 +262,8 @@ def _prod(shape) -> int:
 class LRNLayer(Layer):
     """Local response normalisation, ACROSS_CHANNELS or WITHIN_CHANNEL, with Caffe's values and gradients."""
 
+    backward_reads_top = True
+
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -336,6 +338,8 @@ class LRNLayer(Layer):
 class MVNLayer(Layer):
     """Mean (and variance) normalisation per (n, c) over the remaining axes, or per n (across_channels)."""
 
+    backward_reads_top = True
+
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -409,6 +413,8 @@ def _row_dot(xp, a, b):
 class Normalization1Layer(Layer):
     """Per-sample normalisation over all non-batch axes: L2 ``x/||x||_2`` (default) or L1 ``x/sum|x|``."""
 
+    backward_reads_top = True
+
     exact_num_bottom = 1
     exact_num_top = 1
 
@@ -454,6 +460,8 @@ class Normalization1Layer(Layer):
 @register("GRN", "GlobResNorm", "globresnet")
 class GRNLayer(Layer):
     """At every (n, spatial position): ``y = x / sqrt(sum over channels of x^2)``; no parameters."""
+
+    backward_reads_top = True
 
     exact_num_bottom = 1
     exact_num_top = 1
