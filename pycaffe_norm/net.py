@@ -506,6 +506,69 @@ class Net:
         for p in self.learnable_params:
             p.diff[...] = 0
 
+    # --- batched runs (pycaffe's forward_all / forward_backward_all) ---------------------------------------
+    def _batch(self, arrays):
+        """Yields ({name: batch}, valid) over ``arrays`` (first axis = sample) at the blobs' batch size.
+
+        The last batch is zero-padded to full size, as in pycaffe; ``valid`` says how many of its rows are real.
+        """
+        if not arrays:  # nothing to feed: one pass over what data layers or earlier calls put in the blobs
+            yield {}, None
+            return
+        arrays = {n: backend.to_numpy(v) for n, v in arrays.items()}
+        for name in arrays:
+            if name not in self._blob_index:
+                raise PcnError("net %r has no blob %r" % (self.name, name))
+        sizes = {n: self._blobs[self._blob_index[n]].shape[0] for n in arrays}
+        lengths = {n: len(v) for n, v in arrays.items()}
+        if len(set(sizes.values())) != 1 or len(set(lengths.values())) != 1:
+            raise ShapeError("batched run: the blobs' batch sizes %s and the arrays' lengths %s must each agree"
+                             % (sizes, lengths))
+        batch_size, num = next(iter(sizes.values())), next(iter(lengths.values()))
+        for i in range(0, num, batch_size):
+            valid = min(batch_size, num - i)
+            batch = {}
+            for n, v in arrays.items():
+                batch[n] = v[i:i + batch_size]
+                if valid < batch_size:
+                    batch[n] = np.concatenate([batch[n], np.zeros((batch_size - valid,) + v.shape[1:], v.dtype)])
+            yield batch, valid
+
+    @staticmethod
+    def _gather(acc, outs, valid) -> None:
+        # copies, because the next batch overwrites the blobs; 0-d blobs (losses) give one value per batch
+        for n, v in outs.items():
+            v = backend.to_numpy(v)
+            acc.setdefault(n, []).append(v.copy()[None] if v.ndim == 0 else v[:valid].copy())
+
+    def forward_all(self, blobs: Optional[List[str]] = None, **kwargs):
+        """Runs forward over input arrays of any length, one net batch at a time (pycaffe's ``forward_all``).
+
+        Returns {blob name: NumPy array} for the outputs plus ``blobs``, with the last batch's padding trimmed.
+        """
+        acc = {}
+        for batch, valid in self._batch(kwargs):
+            self._gather(acc, self.forward(blobs=blobs, **batch), valid)
+        return {n: np.concatenate(v) for n, v in acc.items()}
+
+    def forward_backward_all(self, blobs: Optional[List[str]] = None, diffs: Optional[List[str]] = None, **kwargs):
+        """Forward and backward per batch: keyword arrays fill inputs (data) and outputs (diffs).
+
+        Returns ({blob: data}, {blob: diff}) as ``forward_all`` does, for outputs + ``blobs`` and inputs + ``diffs``.
+        """
+        tops = {n: v for n, v in kwargs.items() if n in self.outputs}
+        unknown = [n for n in kwargs if n not in self.inputs and n not in tops]
+        if unknown:
+            raise PcnError("forward_backward_all: %s are neither inputs %s nor outputs %s of net %r"
+                           % (unknown, self.inputs, self.outputs, self.name))
+        all_blobs, all_diffs = {}, {}
+        for batch, valid in self._batch(kwargs):
+            fwd = self.forward(blobs=blobs, **{n: v for n, v in batch.items() if n not in tops})
+            self._gather(all_blobs, fwd, valid)
+            self._gather(all_diffs, self.backward(diffs=diffs, **{n: v for n, v in batch.items() if n in tops}), valid)
+        return ({n: np.concatenate(v) for n, v in all_blobs.items()},
+                {n: np.concatenate(v) for n, v in all_diffs.items()})
+
     # --- weights ------------------------------------------------------------------------------------------
     def share_with(self, other: "Net") -> None:
         """Shares the parameter blobs of same-named layers of ``other`` (Caffe's ShareTrainedLayersWith)."""

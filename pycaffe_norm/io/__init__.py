@@ -1,4 +1,5 @@
-"""Caffe's files: BlobProto/Datum conversions (pycaffe's ``caffe.io``), weights, and solver snapshots."""
+"""Caffe's files: BlobProto/Datum conversions and image preprocessing (pycaffe's ``caffe.io``), weights, and solver
+snapshots."""
 from .arrays import (  # noqa: F401
     array_to_blobproto,
     array_to_datum,
@@ -8,4 +9,5 @@ from .arrays import (  # noqa: F401
     datum_to_array,
     load_binaryproto,
 )
+from .transform import Transformer, load_image, oversample, resize_image  # noqa: F401
 from .weights import load_hdf5, load_weights, net_to_proto, save_hdf5  # noqa: F401
