@@ -11,6 +11,7 @@ from . import (
     loss,  # noqa: F401,E402  Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy
     neuron,  # noqa: F401,E402  ReLU, Sigmoid, TanH, AbsVal, ELU, Power, PReLU, Dropout
     normalization,  # noqa: F401,E402  BatchNorm, LRN, MVN, Normalization1, GRN, Normalize
+    python_layer,  # noqa: F401,E402  Python (user layer classes, as in pycaffe)
     scale,  # noqa: F401,E402  Scale, Bias
     vision,  # noqa: F401,E402  Convolution, Deconvolution, Pooling
 )
