@@ -4,12 +4,15 @@ As in pycaffe, the module is imported from ``sys.path`` (set ``PYTHONPATH``), th
 ``caffe.Layer`` (:class:`~pycaffe_norm.layers.base.Layer`), it is built as ``cls(layer_param)``, and before its
 ``setup`` runs it gets ``self.param_str`` and ``self.phase``. The Net then holds the user's object itself, so
 ``net.layers[i]`` and ``net.layer_dict[name]`` are that object, as in pycaffe. Importing the module runs the
-user's code, exactly as Caffe does; nothing from the prototxt is ever evaluated.
+user's code, exactly as Caffe does; nothing from the prototxt is ever evaluated. A layer file written for pycaffe
+(``import caffe``) runs unchanged where BVLC's pycaffe is not installed: ``caffe`` is then served by pcn.
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import re
+import sys
 from typing import List, Optional
 
 import numpy as np
@@ -20,6 +23,8 @@ from ..proto import caffe_pb2
 from .base import TRAIN, Layer, register
 
 # Dotted Python identifiers only: a relative or malformed name would give a confusing importlib error.
+logger = logging.getLogger("pycaffe_norm")
+
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 
 
@@ -54,6 +59,26 @@ def _fail(param: caffe_pb2.LayerParameter, message: str) -> NetError:
     return NetError("layer %r (Python): %s" % (param.name, message))
 
 
+# pycaffe module names that user layer files import, and the pcn modules that stand in for them.
+_CAFFE_ALIASES = {"caffe": "pycaffe_norm", "caffe.proto": "pycaffe_norm.proto",
+                  "caffe.proto.caffe_pb2": "pycaffe_norm.proto.caffe_pb2", "caffe.io": "pycaffe_norm.io",
+                  "caffe.net_spec": "pycaffe_norm.net_spec"}
+
+
+def _alias_caffe() -> bool:
+    """Lets ``import caffe`` in a user's layer file load pcn, so pycaffe layer files run unchanged.
+
+    Only called after that import failed, i.e. when BVLC's pycaffe is not installed; returns False if the
+    aliases were already in place (then the failure has another cause)."""
+    if "caffe" in sys.modules:
+        return False
+    for alias, target in _CAFFE_ALIASES.items():
+        sys.modules[alias] = importlib.import_module(target)
+    logger.warning("a Python layer module imports 'caffe', which is not installed: pcn serves it as pycaffe_norm "
+                   "(write `import pycaffe_norm as caffe` to silence this)")
+    return True
+
+
 def _import_module(param: caffe_pb2.LayerParameter, name: str):
     try:
         return importlib.import_module(name)
@@ -64,6 +89,8 @@ def _import_module(param: caffe_pb2.LayerParameter, name: str):
                         "Python path; as with pycaffe, add the folder that holds %r (a .py file or a package) to "
                         "PYTHONPATH" % (name, param.python_param.layer, name.split(".")[0])) from None
         if missing == "caffe" or missing.startswith("caffe."):
+            if missing in _CAFFE_ALIASES and _alias_caffe():
+                return _import_module(param, name)
             raise _fail(param, "module %r imports %r, which pcn does not provide; write "
                         "`import pycaffe_norm as caffe` in it instead of `import caffe`" % (name, missing)) from None
         raise  # a dependency of the user's module is missing: their traceback says where

@@ -1,6 +1,7 @@
 """Python layers (``type: "Python"``): user classes run as in pycaffe, learn through the solver, and fail clearly."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import sys
@@ -386,9 +387,35 @@ def test_class_without_forward(tmp_path, user_module):
         caffe.Net(net_with(tmp_path, user_module(), "NoForward"), caffe.TEST)
 
 
-def test_module_that_imports_bvlc_caffe_gets_a_hint(tmp_path, user_module):
-    module = user_module("import caffe\n\n\nclass L(caffe.Layer):\n    pass\n")
-    with pytest.raises(NetError, match=r"import pycaffe_norm as caffe"):
+@pytest.fixture
+def no_caffe_alias(monkeypatch):
+    """Runs a test as if BVLC's pycaffe were not installed, and drops pcn's ``caffe`` aliases afterwards."""
+    for name in list(sys.modules):
+        if name == "caffe" or name.startswith("caffe."):
+            monkeypatch.delitem(sys.modules, name)
+    yield
+    for name in list(sys.modules):
+        if name == "caffe" or name.startswith("caffe."):
+            del sys.modules[name]
+
+
+def test_pycaffe_layer_file_with_import_caffe_runs_unchanged(tmp_path, user_module, no_caffe_alias, caplog):
+    if importlib.util.find_spec("caffe") is not None:
+        pytest.skip("BVLC pycaffe is installed: 'import caffe' loads it")
+    pycaffe_imports = "import caffe\nfrom caffe.proto import caffe_pb2"
+    module = user_module(LAYERS.replace("import pycaffe_norm as caffe", pycaffe_imports))
+    with caplog.at_level("WARNING", logger="pycaffe_norm"):
+        net = caffe.Net(write_net(tmp_path, three_times_ten(module)), caffe.TRAIN)
+    assert any("imports 'caffe'" in r.getMessage() for r in caplog.records)
+    net.blobs["data"].data[...] = 2
+    net.forward()
+    assert np.all(net.blobs["three"].data == 2000)
+    assert sys.modules["caffe"] is caffe and sys.modules["caffe.proto.caffe_pb2"] is caffe_pb2
+
+
+def test_module_importing_a_caffe_part_pcn_lacks_gets_a_hint(tmp_path, user_module, no_caffe_alias):
+    module = user_module("import caffe.draw\n\n\nclass L(caffe.Layer):\n    pass\n")
+    with pytest.raises(NetError, match=r"imports 'caffe.draw'.*import pycaffe_norm as caffe"):
         caffe.Net(net_with(tmp_path, module, "L"), caffe.TEST)
 
 
