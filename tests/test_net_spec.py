@@ -271,3 +271,19 @@ def test_deep_chain_does_not_recurse():
         x = L.ReLU(x)
     net = x.to_proto()
     assert len(net.layer) == 3001 and net.layer[-1].name == "ReLU3000"
+
+
+def test_pycaffe_import_spellings():
+    # pycaffe: ``from caffe import layers as L, params as P``; here ``layers`` is also the layer package.
+    from pycaffe_norm import layers as layers_package
+    from pycaffe_norm import params as top_level_params
+
+    n = caffe.NetSpec()
+    n.data = layers_package.Input(shape=dict(dim=[2, 3, 4, 4]))
+    n.pool = caffe.layers.Pooling(n.data, kernel_size=2, pool=top_level_params.Pooling.AVE)
+    proto = caffe.to_proto(n.pool)
+    assert [layer.type for layer in proto.layer] == ["Input", "Pooling"]
+    assert proto.layer[1].pooling_param.pool == caffe_pb2.PoolingParameter.AVE
+    assert layers_package.create_layer is not None and layers_package.Layer is caffe.Layer   # package intact
+    with pytest.raises(AttributeError):
+        layers_package.not_a_layer_type

@@ -22,3 +22,12 @@ def create_layer(param: caffe_pb2.LayerParameter, phase: int = TRAIN) -> Layer:
     """Builds the layer that ``param.type`` names."""
     cls = layer_class(param.type, param.name)
     return cls(param, phase)
+
+
+def __getattr__(name: str):
+    # pycaffe's ``from caffe import layers as L`` is net_spec's layer factory; here ``layers`` is also this
+    # package, so a capitalised name (a layer type: ``L.Convolution(...)``) falls through to net_spec.
+    if name[:1].isupper():
+        from ..net_spec import layers as net_spec_layers
+        return getattr(net_spec_layers, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
