@@ -12,6 +12,7 @@ from . import (
     neuron,  # noqa: F401,E402  ReLU, Sigmoid, TanH, AbsVal, ELU, Power, PReLU, Dropout
     normalization,  # noqa: F401,E402  BatchNorm, LRN, MVN, Normalization1, GRN, Normalize
     python_layer,  # noqa: F401,E402  Python (user layer classes, as in pycaffe)
+    recurrent,  # noqa: F401,E402  RNN, LSTM, LSTMUnit
     scale,  # noqa: F401,E402  Scale, Bias
     vision,  # noqa: F401,E402  Convolution, Deconvolution, Pooling
 )
