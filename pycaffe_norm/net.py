@@ -506,6 +506,15 @@ class Net:
         for p in self.learnable_params:
             p.diff[...] = 0
 
+    def set_input_arrays(self, data, labels) -> None:
+        """pycaffe's ``set_input_arrays``: gives ``data`` (N, C, H, W) and ``labels`` (N,) to the net's first
+        layer, which must be a MemoryData layer (as in pycaffe); N must be a multiple of its batch size."""
+        first = self.layers[0] if self.layers else None
+        if not hasattr(first, "set_input_arrays"):
+            raise PcnError("set_input_arrays may only be called if the first layer is a MemoryData layer "
+                           "(net %r starts with %r)" % (self.name, first))
+        first.set_input_arrays(data, labels)
+
     # --- batched runs (pycaffe's forward_all / forward_backward_all) ---------------------------------------
     def _batch(self, arrays):
         """Yields ({name: batch}, valid) over ``arrays`` (first axis = sample) at the blobs' batch size.

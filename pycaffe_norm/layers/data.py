@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import List
 
 import numpy as np
 
-from ..data.paths import resolve_path
+from ..data.paths import candidates, resolve_path
+from ..data.transformer import DataTransformer, decode_image, read_image
 from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
@@ -283,6 +285,332 @@ class DummyDataLayer(Layer):
             f = self._filler_index(i)
             if self.refill[f]:
                 fill(t, self.fillers[f])
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+def _copy_to_top(t, arr: np.ndarray) -> None:
+    if t.xp is np:
+        t.data[...] = arr
+    else:
+        t.data[...] = t.xp.asarray(arr)
+
+
+class _TransformingDataLayer(Layer):
+    """What Caffe's BaseDataLayer adds: a DataTransformer built from ``transform_param`` before the layer's own
+    setup (so its random seed is drawn first, as in Caffe), and the batch size check."""
+
+    exact_num_bottom = 0
+
+    def _setup_transformer(self, batch_size: int, field: str) -> None:
+        if batch_size <= 0:
+            raise NetError("layer %r (%s): %s.batch_size must be > 0, got %d"
+                           % (self.name, self.type, field, batch_size))
+        self.batch_size = int(batch_size)
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase,
+                                           "layer %r (%s)" % (self.name, self.type))
+
+    def reshape(self, bottom, top):
+        pass  # tops are shaped once in setup
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+# One open environment per database and process (py-lmdb refuses a second), shared by the train and test nets'
+# Data layers; each layer reads with its own transaction and cursor. Closed when no layer holds it any more.
+_LMDB_ENVS: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
+@register("Data")
+class DataLayer(_TransformingDataLayer):
+    """Batches of Datum records read in key order from an LMDB (Caffe's DataLayer), through ``transform_param``.
+
+    Raw Datums (uint8 ``data`` or ``float_data``) and encoded ones (``encoded: true``, JPEG/PNG bytes decoded with
+    Pillow into OpenCV's BGR order) are read; after the last record the cursor restarts at the first. With
+    ``rand_skip`` the first ``rng() % rand_skip`` records are skipped once at setup. Top 1, when present, holds the
+    labels. ``prefetch`` is accepted; pcn reads synchronously, which changes no value.
+    """
+
+    min_top = 1
+    max_top = 2
+
+    def setup(self, bottom, top):
+        p = self.layer_param.data_param
+        if p.backend != caffe_pb2.DataParameter.LMDB:
+            raise NetError("layer %r (Data): backend LEVELDB is not supported; pcn reads LMDB only: rebuild the "
+                           "database with tools/convert_imageset.py --backend lmdb (or Caffe's convert_imageset "
+                           "-backend lmdb)" % self.name)
+        self._setup_transformer(p.batch_size, "data_param")
+        self.source = self._resolve_source(p.source)
+        self._open(self.source)
+        self._skip = int(rng().randint(0, p.rand_skip)) if p.rand_skip else 0
+        if self._skip:
+            log.info("Skipping first %d data points.", self._skip)
+        self._seek(self._skip)
+        first = self._datum_array(*self._peek())
+        self._item_shape = first.shape
+        top[0].reshape((self.batch_size,) + self.transformer.output_shape(first.shape))
+        log.info("output data size: %s", ",".join(str(d) for d in top[0].shape))
+        if len(top) > 1:
+            top[1].reshape((self.batch_size,))
+
+    # --- the database -------------------------------------------------------------------------------------
+    def _resolve_source(self, source: str) -> str:
+        if not source:
+            raise NetError("layer %r (Data): data_param.source is empty; give the LMDB folder" % self.name)
+        for c in candidates(source):
+            if os.path.isdir(c) or os.path.isfile(c):
+                return c
+        raise NetError("layer %r (Data): LMDB source not found: %s (working directory: %s)"
+                       % (self.name, source, os.getcwd()))
+
+    def _open(self, path: str) -> None:
+        try:
+            import lmdb
+        except ImportError:
+            raise NetError("layer %r (Data): reading LMDB needs the 'lmdb' package: pip install lmdb"
+                           % self.name) from None
+        key = os.path.realpath(path)
+        self._env = _LMDB_ENVS.get(key)
+        if self._env is None:
+            try:
+                # Read-only and lock-free, as Caffe opens it (MDB_RDONLY | MDB_NOTLS): a writer may hold the lock.
+                self._env = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                      subdir=os.path.isdir(path), max_readers=126)
+            except lmdb.Error as e:
+                raise NetError("layer %r (Data): cannot open LMDB %s: %s" % (self.name, path, e)) from None
+            _LMDB_ENVS[key] = self._env
+        self._count = int(self._env.stat()["entries"])
+        if self._count == 0:
+            raise NetError("layer %r (Data): LMDB %s holds no records" % (self.name, path))
+        self._txn = self._env.begin(buffers=False)
+        self._cursor = self._txn.cursor()
+        log.info("Opened lmdb %s (%d records)", path, self._count)
+
+    def _seek(self, index: int) -> None:
+        """Puts the cursor on record ``index`` (mod the record count), walking keys without reading values."""
+        self._cursor.first()
+        for _ in range(int(index) % self._count):
+            self._cursor.next()
+
+    def _peek(self):
+        return self._cursor.key(), self._cursor.value()
+
+    def _next(self) -> None:
+        if not self._cursor.next():
+            log.debug("layer %r: Restarting data prefetching from start.", self.name)
+            self._cursor.first()
+
+    def _datum_array(self, key: bytes, value: bytes, datum=None) -> np.ndarray:
+        """One record as (C, H, W): uint8 for ``data`` and encoded images, float32 for ``float_data``."""
+        datum = datum if datum is not None else caffe_pb2.Datum()
+        try:
+            datum.ParseFromString(value)
+        except Exception:
+            raise NetError("layer %r (Data): record %r in %s is not a Datum" % (self.name, key, self.source)) from None
+        where = "layer %r (Data): record %r in %s" % (self.name, key, self.source)
+        if datum.encoded:
+            t = self.transformer
+            color = True if t.force_color else False if t.force_gray else None
+            return decode_image(datum.data, color, what=where)
+        shape = (datum.channels, datum.height, datum.width)
+        size = int(np.prod(shape))
+        if len(datum.data):
+            arr = np.frombuffer(datum.data, dtype=np.uint8)
+        else:
+            arr = np.asarray(datum.float_data, dtype=np.float32)
+        if arr.size != size or size == 0:
+            raise NetError("%s holds %d values for its shape %s (channels, height, width)" % (where, arr.size, shape))
+        return arr.reshape(shape)
+
+    # --- position -----------------------------------------------------------------------------------------
+    def restore_position(self, batches: int) -> None:
+        """Puts the layer where it would be after ``batches`` forward passes from setup (used by Solver.restore)."""
+        self._seek(self._skip + int(batches) * self.batch_size)
+        self.transformer.skip(batches, self.batch_size, *self._item_shape[1:])
+
+    # --- verbs --------------------------------------------------------------------------------------------
+    def forward(self, bottom, top):
+        datum = caffe_pb2.Datum()
+        items, labels = [], np.empty(self.batch_size, dtype=np.float32)
+        for i in range(self.batch_size):
+            key, value = self._peek()
+            arr = self._datum_array(key, value, datum)
+            if arr.shape != self._item_shape:
+                raise self.shape_error("record %r in %s" % (key, self.source), arr.shape, self._item_shape)
+            items.append(arr)
+            labels[i] = datum.label
+            self._next()
+        _copy_to_top(top[0], self.transformer.transform(np.stack(items)))
+        if len(top) > 1:
+            _copy_to_top(top[1], labels)
+
+
+@register("ImageData")
+class ImageDataLayer(_TransformingDataLayer):
+    """Images listed in ``image_data_param.source`` (lines ``path label``), decoded with Pillow (Caffe's
+    ImageDataLayer).
+
+    Paths are ``root_folder + path``, as Caffe concatenates them (a relative result is also looked for next to the
+    list file). Colour images come in OpenCV's BGR order; ``is_color: false`` reads grey. ``new_height`` and
+    ``new_width`` resize bilinearly (OpenCV's INTER_LINEAR sampling). With ``shuffle`` the list is shuffled at
+    setup and after every pass, from a generator seeded once from :func:`pycaffe_norm.random.rng`; ``rand_skip``
+    skips ``rng() % rand_skip`` lines once at setup.
+    """
+
+    exact_num_top = 2
+
+    def setup(self, bottom, top):
+        p = self.layer_param.image_data_param
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise NetError("layer %r (ImageData): set new_height and new_width together (got %d and %d)"
+                           % (self.name, p.new_height, p.new_width))
+        self._setup_transformer(p.batch_size, "image_data_param")
+        self.new_size = (int(p.new_height), int(p.new_width))
+        self.is_color = bool(p.is_color)
+        self.root_folder = p.root_folder
+        self.shuffle = bool(p.shuffle)
+        if not p.source:
+            raise NetError("layer %r (ImageData): image_data_param.source is empty; give a list file of "
+                           "'path label' lines" % self.name)
+        self.source = resolve_path(p.source)
+        if self.source is None:
+            raise NetError("layer %r (ImageData): source list file not found: %s (working directory: %s)"
+                           % (self.name, p.source, os.getcwd()))
+        self.lines = self._read_list(self.source)
+        log.info("A total of %d images.", len(self.lines))
+        self._seed = int(rng().randint(0, 2**31 - 1)) if self.shuffle else 0
+        self._skip = 0
+        if p.rand_skip:
+            self._skip = int(rng().randint(0, p.rand_skip))
+            if self._skip >= len(self.lines):
+                raise NetError("layer %r (ImageData): rand_skip drew %d but %s lists only %d images"
+                               % (self.name, self._skip, self.source, len(self.lines)))
+            log.info("Skipping first %d data points.", self._skip)
+        self._reset()
+        first = self._load(self._order[self._pos])
+        self._item_shape = first.shape
+        top[0].reshape((self.batch_size,) + self.transformer.output_shape(first.shape))
+        top[1].reshape((self.batch_size,))
+
+    def _read_list(self, source: str):
+        lines = []
+        with open(source) as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                path, _, label = line.rpartition(" ")  # the last space splits, so paths may contain spaces
+                try:
+                    lines.append((path.rstrip(), int(label)))
+                except ValueError:
+                    raise NetError("layer %r (ImageData): %s:%d: expected 'path label', got %r"
+                                   % (self.name, source, number, line)) from None
+        if not lines:
+            raise NetError("layer %r (ImageData): %s lists no images" % (self.name, source))
+        return lines
+
+    def _load(self, index: int) -> np.ndarray:
+        name = self.root_folder + self.lines[index][0]
+        path = resolve_path(name, [os.path.dirname(os.path.abspath(self.source))])
+        if path is None:
+            raise NetError("layer %r (ImageData): could not load %s (listed in %s): file not found"
+                           % (self.name, name, self.source))
+        return read_image(path, self.new_size[0], self.new_size[1], self.is_color)
+
+    def _reset(self) -> None:
+        self._rng = np.random.RandomState(self._seed)
+        self._order = np.arange(len(self.lines))
+        if self.shuffle:
+            self._rng.shuffle(self._order)
+        self._pos = self._skip
+
+    def _advance(self) -> None:
+        self._pos += 1
+        if self._pos >= len(self.lines):
+            log.debug("layer %r: Restarting data prefetching from start.", self.name)
+            self._pos = 0
+            if self.shuffle:
+                self._rng.shuffle(self._order)
+
+    def restore_position(self, batches: int) -> None:
+        """Puts the layer where it would be after ``batches`` forward passes from setup (used by Solver.restore)."""
+        self._reset()
+        n = len(self.lines)
+        remaining = int(batches) * self.batch_size
+        while remaining > 0:  # whole passes at a time: only the reshuffles need replaying
+            take = min(remaining, n - self._pos)
+            self._pos += take - 1
+            remaining -= take
+            self._advance()
+        self.transformer.skip(batches, self.batch_size, *self._item_shape[1:])
+
+    def forward(self, bottom, top):
+        items, labels = [], np.empty(self.batch_size, dtype=np.float32)
+        for i in range(self.batch_size):
+            index = int(self._order[self._pos])
+            img = self._load(index)
+            if img.shape != self._item_shape:
+                raise self.shape_error("image %s" % (self.root_folder + self.lines[index][0]), img.shape,
+                                       self._item_shape)
+            items.append(img)
+            labels[i] = self.lines[index][1]
+            self._advance()
+        _copy_to_top(top[0], self.transformer.transform(np.stack(items)))
+        _copy_to_top(top[1], labels)
+
+
+@register("MemoryData")
+class MemoryDataLayer(Layer):
+    """Batches from arrays given with :meth:`set_input_arrays` (pycaffe's ``net.set_input_arrays``), in order and
+    wrapping around (Caffe's MemoryDataLayer). Like Caffe's ``Reset``, the arrays are not transformed."""
+
+    exact_num_bottom = 0
+    exact_num_top = 2
+
+    def setup(self, bottom, top):
+        p = self.layer_param.memory_data_param
+        dims = (int(p.batch_size), int(p.channels), int(p.height), int(p.width))
+        if min(dims) <= 0:
+            raise NetError("layer %r (MemoryData): memory_data_param batch_size, channels, height and width must "
+                           "all be > 0, got %s" % (self.name, dims))
+        self.batch_size, self.item_shape = dims[0], dims[1:]
+        top[0].reshape(dims)
+        top[1].reshape((self.batch_size,))
+        self._data = self._labels = None
+        self._pos = 0
+
+    def set_input_arrays(self, data, labels) -> None:
+        """Keeps float32 copies of ``data`` (N, C, H, W) and ``labels`` (N,) or (N, 1, 1, 1); N a multiple of
+        the batch size. Serving restarts at the first sample."""
+        data, labels = np.asarray(data), np.asarray(labels)
+        if data.ndim != 4 or data.shape[1:] != self.item_shape:
+            raise self.shape_error("set_input_arrays data", data.shape, ("N",) + self.item_shape)
+        if labels.ndim == 4 and labels.shape[1:] == (1, 1, 1):
+            labels = labels.reshape(-1)
+        if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
+            raise self.shape_error("set_input_arrays labels", labels.shape, (data.shape[0],))
+        if data.shape[0] == 0 or data.shape[0] % self.batch_size:
+            raise NetError("layer %r (MemoryData): set_input_arrays got %d samples; the number must be a positive "
+                           "multiple of batch_size %d" % (self.name, data.shape[0], self.batch_size))
+        if self.layer_param.HasField("transform_param"):
+            log.warning("layer %r: MemoryData does not transform array data on set_input_arrays", self.name)
+        self._data = np.ascontiguousarray(data, dtype=np.float32)
+        self._labels = np.ascontiguousarray(labels, dtype=np.float32)
+        self._pos = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        if self._data is None:
+            raise NetError("layer %r (MemoryData): no data; call net.set_input_arrays(data, labels) first" % self.name)
+        b = slice(self._pos, self._pos + self.batch_size)
+        _copy_to_top(top[0], self._data[b])
+        _copy_to_top(top[1], self._labels[b])
+        self._pos = (self._pos + self.batch_size) % self._data.shape[0]
 
     def backward(self, top, propagate_down, bottom):
         pass
