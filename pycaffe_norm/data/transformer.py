@@ -187,15 +187,16 @@ def resize_uint8(chw: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of a uint8 (C, H, W) image to (height, width), rounded back to uint8.
 
     Same sampling as OpenCV's INTER_LINEAR (half-pixel centres, clamped edges, no anti-aliasing when shrinking),
-    via :func:`pycaffe_norm.io.transform.resize_image`; OpenCV's 11-bit fixed-point weights can differ by one
-    grey level.
+    via :func:`pycaffe_norm.io.transform.resize_image`; where OpenCV's 11-bit fixed-point weights are inexact the
+    result can differ from OpenCV's by one grey level.
     """
     from ..io.transform import resize_image
 
     if chw.shape[1:] == (height, width):
         return chw
     out = resize_image(chw.transpose(1, 2, 0), (height, width))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8).transpose(2, 0, 1).copy()
+    # halves round up, as OpenCV's fixed-point (+ 1/2, shift) does
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8).transpose(2, 0, 1).copy()
 
 
 def read_image(path: str, height: int = 0, width: int = 0, color: Optional[bool] = True) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""tools/convert_imageset.py and tools/make_mnist_lmdb.py: the LMDBs they write read back through the Data layer."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+import pycaffe_norm as caffe
+from pycaffe_norm.proto import caffe_pb2
+
+lmdb = pytest.importorskip("lmdb")
+Image = pytest.importorskip("PIL.Image")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / ("%s.py" % name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def records(db):
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        out = [(k.decode(), caffe_pb2.Datum.FromString(v)) for k, v in txn.cursor()]
+    env.close()
+    return out
+
+
+def read_back(tmp_path, db, batch, transform=""):
+    p = tmp_path / ("net_%s.prototxt" % pathlib.Path(db).name)
+    p.write_text('layer { name: "d" type: "Data" top: "data" top: "label" data_param { source: "%s" batch_size: %d '
+                 'backend: LMDB } %s }' % (db, batch, "transform_param { %s }" % transform if transform else ""))
+    net = caffe.Net(str(p), caffe.TEST)
+    net.forward()
+    return net.blobs["data"].data.copy(), net.blobs["label"].data.astype(int).tolist()
+
+
+@pytest.fixture
+def images(tmp_path):
+    rs = np.random.RandomState(0)
+    (tmp_path / "img").mkdir()
+    imgs = [rs.randint(0, 256, (6, 8, 3)).astype(np.uint8) for _ in range(4)]
+    for i, a in enumerate(imgs):
+        Image.fromarray(a).save(tmp_path / "img" / ("%d.png" % i))
+    (tmp_path / "list.txt").write_text("".join("%d.png %d\n" % (i, 5 - i) for i in range(4)))
+    return imgs
+
+
+def test_convert_imageset_raw_gray_resized_and_encoded(tmp_path, images):
+    tool = load_tool("convert_imageset")
+    root, lst = str(tmp_path / "img") + "/", str(tmp_path / "list.txt")
+    assert tool.main([root, lst, str(tmp_path / "raw")]) == 0
+    recs = records(tmp_path / "raw")
+    assert [k for k, _ in recs] == ["%08d_%d.png" % (i, i) for i in range(4)]
+    assert (recs[0][1].channels, recs[0][1].height, recs[0][1].width) == (3, 6, 8)
+    data, labels = read_back(tmp_path, str(tmp_path / "raw"), 4)
+    np.testing.assert_array_equal(data, np.stack([a[:, :, ::-1].transpose(2, 0, 1) for a in images]))  # BGR
+    assert labels == [5, 4, 3, 2]
+
+    assert tool.main(["--gray", "--resize_height", "3", "--resize_width", "4", root, lst, str(tmp_path / "g")]) == 0
+    data, _ = read_back(tmp_path, str(tmp_path / "g"), 2)
+    gray = np.asarray(Image.fromarray(images[0]).convert("L"))
+    assert data.shape == (2, 1, 3, 4)
+    averages = gray.reshape(3, 2, 4, 2).mean(axis=(1, 3))  # halving is a 2x2 average, halves rounded up
+    np.testing.assert_array_equal(data[0, 0], np.floor(averages + 0.5))
+
+    assert tool.main(["--encoded", root, lst, str(tmp_path / "enc")]) == 0
+    first = records(tmp_path / "enc")[0][1]
+    assert first.encoded and first.data == (tmp_path / "img" / "0.png").read_bytes()  # the file's own bytes
+    raw = read_back(tmp_path, str(tmp_path / "raw"), 4)[0]
+    np.testing.assert_array_equal(read_back(tmp_path, str(tmp_path / "enc"), 4)[0], raw)
+
+
+def test_convert_imageset_shuffle_and_errors(tmp_path, images, capsys):
+    tool = load_tool("convert_imageset")
+    root, lst = str(tmp_path / "img") + "/", str(tmp_path / "list.txt")
+    assert tool.main(["--shuffle", root, lst, str(tmp_path / "s")]) == 0
+    keys = [k for k, _ in records(tmp_path / "s")]
+    assert sorted(k.split("_")[1] for k in keys) == ["%d.png" % i for i in range(4)]
+    assert [k.split("_")[0] for k in keys] == ["%08d" % i for i in range(4)]
+    assert tool.main(["--backend", "leveldb", root, lst, str(tmp_path / "l")]) == 2
+    assert tool.main([root, lst, str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "pcn writes and reads LMDB only" in err and "already exists" in err
+
+
+def test_make_mnist_lmdb_matches_the_bundled_hdf5(tmp_path):
+    import h5py
+
+    assert load_tool("make_mnist_lmdb").main(["--out", str(tmp_path), "--limit", "50"]) == 0
+    recs = records(tmp_path / "mnist_test_lmdb")
+    assert len(recs) == 50 and recs[0][0] == "00000000"
+    d = recs[0][1]
+    assert (d.channels, d.height, d.width, len(d.data)) == (1, 28, 28, 784)
+    data, labels = read_back(tmp_path, str(tmp_path / "mnist_test_lmdb"), 50, "scale: 0.00390625")
+    with h5py.File(ROOT / "data" / "mnist" / "mnist_test.h5", "r") as f:
+        np.testing.assert_array_equal(data, f["data"][:50])
+        assert labels == f["label"][:50].astype(int).tolist()
