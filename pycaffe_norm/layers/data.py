@@ -330,7 +330,8 @@ class DataLayer(_TransformingDataLayer):
     Raw Datums (uint8 ``data`` or ``float_data``) and encoded ones (``encoded: true``, JPEG/PNG bytes decoded with
     Pillow into OpenCV's BGR order) are read; after the last record the cursor restarts at the first. With
     ``rand_skip`` the first ``rng() % rand_skip`` records are skipped once at setup. Top 1, when present, holds the
-    labels. ``prefetch`` is accepted; pcn reads synchronously, which changes no value.
+    labels. ``prefetch`` is accepted; pcn reads synchronously, which changes no value. Caffe's schema makes
+    LEVELDB the default ``backend``; without a ``backend`` line pcn reads the source if it is an LMDB.
     """
 
     min_top = 1
@@ -338,12 +339,13 @@ class DataLayer(_TransformingDataLayer):
 
     def setup(self, bottom, top):
         p = self.layer_param.data_param
-        if p.backend != caffe_pb2.DataParameter.LMDB:
-            raise NetError("layer %r (Data): backend LEVELDB is not supported; pcn reads LMDB only: rebuild the "
-                           "database with tools/convert_imageset.py --backend lmdb (or Caffe's convert_imageset "
-                           "-backend lmdb)" % self.name)
+        if p.backend != caffe_pb2.DataParameter.LMDB and p.HasField("backend"):
+            self._leveldb_error()
         self._setup_transformer(p.batch_size, "data_param")
         self.source = self._resolve_source(p.source)
+        # backend left out means LEVELDB in Caffe's schema; an LMDB source is read anyway, a LevelDB one refused
+        if not p.HasField("backend") and os.path.isfile(os.path.join(self.source, "CURRENT")):
+            self._leveldb_error()
         self._open(self.source)
         self._skip = int(rng().randint(0, p.rand_skip)) if p.rand_skip else 0
         if self._skip:
@@ -357,6 +359,11 @@ class DataLayer(_TransformingDataLayer):
             top[1].reshape((self.batch_size,))
 
     # --- the database -------------------------------------------------------------------------------------
+    def _leveldb_error(self):
+        raise NetError("layer %r (Data): backend LEVELDB is not supported; pcn reads LMDB only: rebuild the "
+                       "database with tools/convert_imageset.py --backend lmdb (or Caffe's convert_imageset "
+                       "-backend lmdb)" % self.name)
+
     def _resolve_source(self, source: str) -> str:
         if not source:
             raise NetError("layer %r (Data): data_param.source is empty; give the LMDB folder" % self.name)

@@ -149,7 +149,7 @@ def test_data_layer_float_data_one_top_and_rand_skip(tmp_path):
     datums = [caffe_pb2.Datum(channels=1, height=2, width=2, label=i, float_data=[i + 0.25, -i, 0.5, i * i])
               for i in range(7)]
     src = write_db(tmp_path / "db", datums)
-    n = net(tmp_path, data_layer(src, batch=3, tops=("data",)))
+    n = net(tmp_path, data_layer(src, batch=3, tops=("data",)).replace("backend: LMDB", ""))  # an LMDB all the same
     n.forward()
     np.testing.assert_array_equal(n.blobs["data"].data.reshape(3, 4),
                                   np.float32([[i + 0.25, -i, 0.5, i * i] for i in range(3)]))
@@ -238,6 +238,10 @@ def test_solver_resume_with_a_data_layer_is_exact(tmp_path):
 def test_data_layer_errors(tmp_path):
     with pytest.raises(NetError, match="LEVELDB is not supported; pcn reads LMDB only.*convert_imageset"):
         net(tmp_path, data_layer(str(tmp_path)).replace("LMDB", "LEVELDB"))
+    (tmp_path / "ldb").mkdir()
+    (tmp_path / "ldb" / "CURRENT").write_text("MANIFEST-000001\n")  # a LevelDB folder, backend left to default
+    with pytest.raises(NetError, match="LEVELDB is not supported"):
+        net(tmp_path, data_layer(str(tmp_path / "ldb")).replace("backend: LMDB", ""))
     with pytest.raises(NetError, match="LMDB source not found: no/such_lmdb"):
         net(tmp_path, data_layer("no/such_lmdb"))
     bad = write_db(tmp_path / "bad", [caffe_pb2.Datum(channels=1, height=2, width=2, data=b"abc")])
