@@ -415,3 +415,238 @@ class ReductionLayer(Layer):
         else:
             g = x * (2 * dy)
         bottom[0].diff[...] = g.reshape(bottom[0].shape)
+
+
+def scatter_add_rows(xp, target, idx, values) -> None:
+    """``target[idx[i]] += values[i]`` with repeated indices summed (a plain fancy-index ``+=`` keeps only one)."""
+    if xp is np:
+        np.add.at(target, idx, values)
+    else:  # CuPy
+        import cupyx
+        cupyx.scatter_add(target, idx, values)
+
+
+@register("Crop")
+class CropLayer(Layer):
+    """Crops bottom 0 to the shape of bottom 1 on the axes from ``crop_param.axis`` on, starting at ``offset``
+    (none: 0; one: every cropped axis; else one per cropped axis). Bottom 1 only gives the shape."""
+
+    exact_num_bottom = 2
+    exact_num_top = 1
+    allow_in_place = False
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index == 0
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.crop_param
+        b0, b1 = bottom
+        n = b0.num_axes
+        start = _axis(self, b0, p.axis)
+        offsets = [int(o) for o in p.offset]
+        if len(offsets) > 1 and start + len(offsets) != n:
+            raise NetError("layer %r (Crop): %d offsets given for the %d axes from axis %d of bottom %s (give one, "
+                           "or one per cropped axis)" % (self.name, len(offsets), n - start, start, b0.shape))
+        if b1.num_axes < n:
+            raise self.shape_error("bottom 1 (the crop reference needs at least the axes of bottom 0)",
+                                   b1.shape, b0.shape)
+        shape, self.offsets = list(b0.shape), [0] * n
+        for i in range(start, n):
+            off = offsets[0] if len(offsets) == 1 else (offsets[i - start] if offsets else 0)
+            if b0.shape[i] - off < b1.shape[i]:
+                raise self.shape_error("bottom 0 (axis %d: crop size %d at offset %d is out of bounds)"
+                                       % (i, b1.shape[i], off), b0.shape,
+                                       b0.shape[:i] + (">=%d" % (b1.shape[i] + off),) + b0.shape[i + 1:])
+            shape[i], self.offsets[i] = b1.shape[i], off
+        self.window = tuple(slice(o, o + s) for o, s in zip(self.offsets, shape))
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data[self.window]
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = 0
+            bottom[0].diff[self.window] = top[0].diff
+        if propagate_down[1]:  # the output does not depend on the reference's values
+            bottom[1].diff[...] = 0
+
+
+@register("ArgMax")
+class ArgMaxLayer(Layer):
+    """Indices (or with ``out_max_val`` the values) of the ``top_k`` largest entries along ``axis``; without an
+    axis, over each item's flattened data, and ``out_max_val`` gives (N, 2, top_k): indices, then values.
+    Ties go to the larger index, as Caffe's partial sort of (value, index) pairs. No backward."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+    allow_in_place = False
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return False
+
+    def setup(self, bottom, top):
+        p = self.layer_param.argmax_param
+        self.out_max_val = bool(p.out_max_val)
+        self.top_k = int(p.top_k)
+        self.has_axis = p.HasField("axis")
+        if self.top_k < 1:
+            raise NetError("layer %r (ArgMax): top_k must be at least 1" % self.name)
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if self.has_axis:
+            self.axis = _axis(self, b, self.layer_param.argmax_param.axis)
+            self.dims = (b.count_range(0, self.axis), b.shape[self.axis], b.count_range(self.axis + 1))
+        else:
+            if b.num_axes < 1:
+                raise self.shape_error("bottom (ArgMax needs a batch axis)", b.shape, ("N", "..."))
+            self.dims = (b.shape[0], b.count_range(1), 1)
+        if self.top_k > self.dims[1]:
+            raise NetError("layer %r (ArgMax): top_k %d is larger than the %d values it chooses from (bottom %s)"
+                           % (self.name, self.top_k, self.dims[1], b.shape))
+        if self.has_axis:
+            shape = list(b.shape)
+            shape[self.axis] = self.top_k
+        else:
+            shape = [1] * max(b.num_axes, 3)
+            shape[0], shape[2] = b.shape[0], self.top_k
+            if self.out_max_val:
+                shape[1] = 2
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        x3 = bottom[0].data.reshape(self.dims)
+        dim, k = self.dims[1], self.top_k
+        # A stable sort of the reversed values puts the larger index first among equal values.
+        order = xp.argsort(-x3[:, ::-1, :], axis=1, kind="stable")[:, :k, :]
+        idx = (dim - 1) - order
+        if self.has_axis:
+            out = xp.take_along_axis(x3, idx, axis=1) if self.out_max_val else idx
+            top[0].data.reshape(self.dims[0], k, self.dims[2])[...] = out
+        elif self.out_max_val:
+            y = top[0].data.reshape(self.dims[0], 2, k)
+            y[:, 0, :] = idx[:, :, 0]
+            y[:, 1, :] = xp.take_along_axis(x3, idx, axis=1)[:, :, 0]
+        else:
+            top[0].data.reshape(self.dims[0], k)[...] = idx[:, :, 0]
+
+
+@register("BatchReindex")
+class BatchReindexLayer(Layer):
+    """top[i] = bottom0[index[i]] along the first axis; index (bottom 1) is 1-D and may repeat or omit items.
+    Backward sums the diffs of repeated items."""
+
+    exact_num_bottom = 2
+    exact_num_top = 1
+    allow_in_place = False
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index == 0
+
+    def reshape(self, bottom, top):
+        if bottom[1].num_axes != 1:
+            raise self.shape_error("bottom 1 (the index blob must be 1-D)", bottom[1].shape, ("K",))
+        if bottom[0].num_axes < 1:
+            raise self.shape_error("bottom 0 (needs a batch axis)", bottom[0].shape, ("N", "..."))
+        top[0].reshape((bottom[1].shape[0],) + bottom[0].shape[1:])
+
+    def _index(self, bottom):
+        idx = bottom[1].data.astype(np.int64)  # Caffe's static_cast<int>
+        bad = (idx < 0) | (idx >= bottom[0].shape[0])
+        if bool(bad.any()):
+            raise NetError("layer %r (BatchReindex): index %d is outside the batch [0, %d) of bottom 0 %s"
+                           % (self.name, int(idx[bad][0]), bottom[0].shape[0], bottom[0].shape))
+        return idx
+
+    def forward(self, bottom, top):
+        self._idx = self._index(bottom)
+        top[0].data[...] = bottom[0].data[self._idx]
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            raise NetError("layer %r (BatchReindex) cannot backpropagate to the index input" % self.name)
+        if propagate_down[0]:
+            bottom[0].diff[...] = 0
+            scatter_add_rows(bottom[0].xp, bottom[0].diff, self._idx, top[0].diff)
+
+
+@register("Filter")
+class FilterLayer(Layer):
+    """Keeps the items (first-axis entries) whose selector value (last bottom, shape (N, 1, ...)) is non-zero;
+    top i is bottom i filtered. As in Caffe, the first reshape (at setup) keeps all N items, because the selector
+    holds no data yet."""
+
+    min_bottom = 2
+    min_top = 1
+    allow_in_place = False
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index != len(self.layer_param.bottom) - 1
+
+    def setup(self, bottom, top):
+        if len(top) != len(bottom) - 1:
+            raise NetError("layer %r (Filter): %d bottoms need %d tops (one per bottom but the selector), got %d"
+                           % (self.name, len(bottom), len(bottom) - 1, len(top)))
+        self._first = True
+
+    def reshape(self, bottom, top):
+        sel = bottom[-1]
+        if sel.num_axes < 1 or sel.count_range(1) != 1:
+            raise self.shape_error("selector (last bottom; all axes but the first must be 1)", sel.shape,
+                                   (sel.shape[0] if sel.num_axes else "N",) + (1,) * max(sel.num_axes - 1, 0))
+        for i, b in enumerate(bottom[:-1]):
+            if b.num_axes < 1 or b.shape[0] != sel.shape[0]:
+                raise self.shape_error("bottom %d (first axis must match the selector's %d items)"
+                                       % (i, sel.shape[0]), b.shape, (sel.shape[0],) + b.shape[1:])
+        xp = sel.xp
+        self._idx = xp.nonzero(sel.data.reshape(-1) != 0)[0]
+        n = sel.shape[0] if self._first else int(self._idx.shape[0])
+        self._first = False
+        for t, b in zip(top, bottom):
+            t.reshape((n,) + b.shape[1:])
+
+    def forward(self, bottom, top):
+        for t, b in zip(top, bottom):
+            t.data[...] = b.data[self._idx]
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[-1]:
+            raise NetError("layer %r (Filter) cannot backpropagate to the selector input" % self.name)
+        for t, b, down in zip(top, bottom, propagate_down):
+            if down:
+                b.diff[...] = 0
+                b.diff[self._idx] = t.diff
+
+
+@register("Parameter")
+class ParameterLayer(Layer):
+    """A learnable blob of ``parameter_param.shape`` (zeros until trained or loaded) as the top; no bottoms."""
+
+    exact_num_bottom = 0
+    exact_num_top = 1
+    allow_in_place = False
+
+    def setup(self, bottom, top):
+        shape = tuple(int(d) for d in self.layer_param.parameter_param.shape.dim)
+        if any(d < 0 for d in shape):
+            raise NetError("layer %r (Parameter): parameter_param.shape %s has a negative dimension"
+                           % (self.name, shape))
+        if self.blobs:
+            if tuple(self.blobs[0].shape) != shape:
+                raise self.shape_error("parameter blob", self.blobs[0].shape, shape)
+        else:
+            self.blobs = [Blob(shape, dtype=top[0].dtype, xp=top[0].xp)]
+        self.param_propagate_down = [True]
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.blobs[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        # Caffe shares the diff instead (overwritten by the consumer); accumulating keeps iter_size > 1 exact.
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff += top[0].diff

@@ -1,12 +1,15 @@
-"""InnerProduct (fully connected) with Caffe's weight layout and axis semantics."""
+"""InnerProduct (fully connected) and Embed (lookup table) with Caffe's weight layouts and axis semantics."""
 from __future__ import annotations
 
 from typing import List
+
+import numpy as np
 
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from .base import Layer, register
+from .common import scatter_add_rows
 
 
 @register("InnerProduct")
@@ -85,3 +88,68 @@ class InnerProductLayer(Layer):
         if propagate_down[0]:
             w = self.blobs[0].data
             bottom[0].xp.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))
+
+
+@register("Embed")
+class EmbedLayer(Layer):
+    """A lookup table: each bottom value, an integer index in [0, input_dim), picks a row of W (input_dim,
+    num_output) (plus the bias); top shape is bottom.shape + (num_output,). No gradient to the indices."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+    allow_in_place = False
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return False
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        p = self.layer_param.embed_param
+        b = bottom[0]
+        self.num_output = int(p.num_output)
+        self.input_dim = int(p.input_dim)
+        if self.num_output <= 0:
+            raise NetError("layer %r (Embed): embed_param.num_output must be > 0" % self.name)
+        if self.input_dim <= 0:
+            raise NetError("layer %r (Embed): embed_param.input_dim must be > 0" % self.name)
+        self.bias_term = bool(p.bias_term)
+        shapes = [(self.input_dim, self.num_output)] + ([(self.num_output,)] if self.bias_term else [])
+        if self.blobs:
+            if len(self.blobs) != len(shapes):
+                raise NetError("layer %r (Embed): incorrect number of weight blobs: %d given, %d expected "
+                               "(bias_term %s)" % (self.name, len(self.blobs), len(shapes), self.bias_term))
+            for i, (blob, shape) in enumerate(zip(self.blobs, shapes)):
+                if tuple(blob.shape) != shape:
+                    raise self.shape_error("weight blob" if i == 0 else "bias blob", blob.shape, shape)
+        else:
+            self.blobs = [Blob(s, dtype=b.dtype, xp=b.xp) for s in shapes]
+            fill(self.blobs[0], p.weight_filler)
+            if self.bias_term:
+                fill(self.blobs[1], p.bias_filler)
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def reshape(self, bottom, top):
+        self.m = bottom[0].count
+        top[0].reshape(bottom[0].shape + (self.num_output,))
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(-1)
+        idx = x.astype(np.int64)
+        # Caffe only DCHECKs these; a wrong index would read another row or out of bounds.
+        bad = (idx < 0) | (idx >= self.input_dim) | (idx != x)
+        if bool(bad.any()):
+            raise NetError("layer %r (Embed): input value %g is not an integer index in [0, %d) (input_dim)"
+                           % (self.name, float(x[bad][0]), self.input_dim))
+        self._idx = idx
+        y = top[0].data.reshape(self.m, self.num_output)
+        y[...] = self.blobs[0].data[idx]
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            raise NetError("layer %r (Embed) cannot backpropagate to its input (indices)" % self.name)
+        dy = top[0].diff.reshape(self.m, self.num_output)
+        if self.param_propagate_down[0]:
+            scatter_add_rows(self.blobs[0].xp, self.blobs[0].diff, self._idx, dy)
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)

@@ -1,0 +1,310 @@
+"""Crop, ArgMax, BatchReindex, Filter, Parameter and Embed:
+hand-computed forward values, Caffe's edge cases, clear errors, and exhaustive float64 gradient checks with the
+step and threshold of each layer's BVLC Caffe test."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+import pycaffe_norm as caffe
+from pycaffe_norm.blob import Blob
+from pycaffe_norm.errors import NetError, ShapeError
+from pycaffe_norm.layers import create_layer
+from pycaffe_norm.proto import caffe_pb2
+from tests.gradient_check import GradientChecker, make_blob
+
+TRAIN = caffe_pb2.TRAIN
+
+
+def make_layer(text: str):
+    p = caffe_pb2.LayerParameter()
+    text_format.Parse('name: "l" ' + text, p)
+    return create_layer(p, TRAIN)
+
+
+def run(text, inputs, n_tops=1, top_diffs=None, propagate=None):
+    """Builds and forwards a layer on float64 blobs; with ``top_diffs``, also runs backward."""
+    layer = make_layer(text)
+    bottom = [make_blob(a) for a in inputs]
+    top = [Blob((), dtype=np.float64) for _ in range(n_tops)]
+    layer.initialize(bottom, top)
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    if top_diffs is not None:
+        for t, d in zip(top, top_diffs):
+            t.diff[...] = d
+        layer.backward(top, propagate if propagate is not None else [True] * len(bottom), bottom)
+    return layer, bottom, top
+
+
+def grad_check(text, inputs, step, threshold, n_tops=1, **kw):
+    """Caffe's ``GradientChecker(step, threshold)`` on float64 blobs."""
+    return GradientChecker(step=step, threshold=threshold).check(
+        make_layer(text), [make_blob(a) for a in inputs], [Blob((), dtype=np.float64) for _ in range(n_tops)], **kw)
+
+
+def gaussian(shape, seed=1701, std=1.0):
+    return np.random.RandomState(seed).randn(*shape) * std
+
+
+# --- Crop --------------------------------------------------------------------------------------------------------
+X44 = np.arange(16.0).reshape(1, 1, 4, 4)
+
+
+def test_crop_default_axis_and_single_offset():
+    _, _, (t,) = run('type: "Crop" crop_param { offset: 1 }', [X44, np.zeros((1, 1, 2, 2))])
+    np.testing.assert_array_equal(t.data, [[[[5, 6], [9, 10]]]])
+    _, _, (t,) = run('type: "Crop"', [X44, np.zeros((5, 7, 2, 3))])  # axes before axis 2 are not cropped
+    np.testing.assert_array_equal(t.data, [[[[0, 1, 2], [4, 5, 6]]]])
+
+
+def test_crop_negative_axis_crops_the_last_axis_only():
+    _, _, (t,) = run('type: "Crop" crop_param { axis: -1 offset: 2 }', [X44, np.zeros((3, 3, 3, 2))])
+    np.testing.assert_array_equal(t.data, [[[[2, 3], [6, 7], [10, 11], [14, 15]]]])
+
+
+def test_crop_per_axis_offsets_forward_and_backward():
+    # Caffe's TestForwardNumOffsets / TestGradientNumOffset: axis 0, offsets (0, 1, 1, 2)
+    x = np.arange(2 * 5 * 6 * 5.0).reshape(2, 5, 6, 5)
+    text = 'type: "Crop" crop_param { axis: 0 offset: 0 offset: 1 offset: 1 offset: 2 }'
+    _, (b0, b1), (t,) = run(text, [x, np.zeros((2, 4, 5, 3))], top_diffs=None)
+    assert t.shape == (2, 4, 5, 3)
+    np.testing.assert_array_equal(t.data, x[:, 1:5, 1:6, 2:5])
+    _, (b0, b1), (t,) = run(text, [x, np.zeros((2, 4, 5, 3))], top_diffs=[x[:, 1:5, 1:6, 2:5]])
+    expect = np.zeros_like(x)
+    expect[:, 1:5, 1:6, 2:5] = x[:, 1:5, 1:6, 2:5]
+    np.testing.assert_array_equal(b0.diff, expect)
+    assert not b1.diff.any()
+
+
+@pytest.mark.parametrize("text,shapes", [
+    ('type: "Crop" crop_param { axis: 0 }', [(3, 4, 3, 4), (2, 3, 2, 2)]),
+    ('type: "Crop" crop_param { axis: 2 offset: 1 offset: 2 }', [(2, 3, 4, 5), (2, 3, 2, 3)]),
+    ('type: "Crop" crop_param { axis: 2 offset: 1 offset: 2 offset: 0 }', [(2, 2, 4, 5, 2), (2, 2, 2, 3, 1)]),
+])
+def test_crop_gradient(text, shapes):
+    # Caffe: GradientChecker(1e-2, 1e-3)
+    grad_check(text, [gaussian(shapes[0]), gaussian(shapes[1], seed=2)], step=1e-2, threshold=1e-3)
+
+
+def test_crop_errors():
+    with pytest.raises(ShapeError, match="'l'.*axis 3: crop size 3 at offset 2 is out of bounds"):
+        run('type: "Crop" crop_param { offset: 2 }', [X44, np.zeros((1, 1, 2, 3))])
+    with pytest.raises(NetError, match="'l'.*3 offsets given for the 2 axes"):
+        run('type: "Crop" crop_param { offset: 0 offset: 0 offset: 0 }', [X44, np.zeros((1, 1, 2, 2))])
+    with pytest.raises(NetError, match="'l'.*axis 4 out of range"):
+        run('type: "Crop" crop_param { axis: 4 }', [X44, X44])
+
+
+# --- ArgMax ------------------------------------------------------------------------------------------------------
+A = np.array([[1.0, 5.0, 3.0, 5.0], [0.0, -2.0, 7.0, 1.0]])
+
+
+def test_argmax_default_ties_go_to_the_larger_index():
+    _, _, (t,) = run('type: "ArgMax"', [A])
+    assert t.shape == (2, 1, 1)
+    np.testing.assert_array_equal(t.data.reshape(2), [3, 2])
+
+
+def test_argmax_top_k_with_out_max_val():
+    _, _, (t,) = run('type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }', [A])
+    assert t.shape == (2, 2, 2)  # per item: the top_k indices, then their values
+    np.testing.assert_array_equal(t.data, [[[3, 1], [5, 5]], [[2, 3], [7, 1]]])
+    _, _, (t,) = run('type: "ArgMax" argmax_param { top_k: 3 }', [A])
+    np.testing.assert_array_equal(t.data.reshape(2, 3), [[3, 1, 2], [2, 3, 0]])
+
+
+@pytest.mark.parametrize("text,shape,expect", [
+    ('argmax_param { axis: 1 top_k: 2 out_max_val: true }', (2, 2), [[5, 5], [7, 1]]),
+    ('argmax_param { axis: -1 top_k: 2 }', (2, 2), [[3, 1], [2, 3]]),
+    ('argmax_param { axis: 0 }', (1, 4), [[0, 0, 1, 0]]),
+    ('argmax_param { axis: 0 out_max_val: true }', (1, 4), [[1, 5, 7, 5]]),
+])
+def test_argmax_along_an_axis(text, shape, expect):
+    _, _, (t,) = run('type: "ArgMax" ' + text, [A])
+    assert t.shape == shape
+    np.testing.assert_array_equal(t.data, expect)
+
+
+def test_argmax_4d_flattens_each_item():
+    x = gaussian((3, 2, 3, 4))
+    _, _, (t,) = run('type: "ArgMax" argmax_param { top_k: 2 }', [x])
+    assert t.shape == (3, 1, 2, 1)
+    flat = x.reshape(3, -1)
+    np.testing.assert_array_equal(t.data.reshape(3, 2), np.argsort(-flat, axis=1)[:, :2])
+    _, _, (t,) = run('type: "ArgMax" argmax_param { axis: 1 }', [x])
+    assert t.shape == (3, 1, 3, 4)
+    np.testing.assert_array_equal(t.data[:, 0], x.argmax(axis=1))
+
+
+def test_argmax_errors():
+    with pytest.raises(NetError, match="'l'.*top_k 5 is larger than the 4 values"):
+        run('type: "ArgMax" argmax_param { top_k: 5 }', [A])
+    with pytest.raises(NetError, match="'l'.*top_k 3 is larger than the 2 values"):
+        run('type: "ArgMax" argmax_param { axis: 0 top_k: 3 }', [A])
+    layer, b, t = run('type: "ArgMax"', [A])
+    with pytest.raises(NetError, match="cannot backpropagate"):
+        layer.backward(t, [True], b)
+
+
+# --- BatchReindex ------------------------------------------------------------------------------------------------
+def test_batch_reindex_forward_and_summed_backward():
+    x = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    _, (b, _), (t,) = run('type: "BatchReindex"', [x, [2, 0, 2]], top_diffs=[[[1, 1], [2, 2], [3, 3]]],
+                          propagate=[True, False])
+    np.testing.assert_array_equal(t.data, [[4, 5], [0, 1], [4, 5]])
+    np.testing.assert_array_equal(b.diff, [[2, 2], [0, 0], [4, 4]])
+
+
+def test_batch_reindex_caffe_case():
+    x = np.arange(5 * 4 * 3 * 2.0).reshape(5, 4, 3, 2)
+    perm = [4, 0, 4, 0, 1, 2]
+    _, _, (t,) = run('type: "BatchReindex"', [x, perm])
+    assert t.shape == (6, 4, 3, 2)
+    np.testing.assert_array_equal(t.data, x[perm])
+
+
+def test_batch_reindex_gradient_and_errors():
+    # Caffe: GradientChecker(1e-4, 1e-2) on bottom 0
+    grad_check('type: "BatchReindex"', [gaussian((5, 2, 3)), [4, 0, 4, 0, 1, 2]], step=1e-4, threshold=1e-2,
+               check_bottom=[0])
+    with pytest.raises(NetError, match="'l'.*index 3 is outside the batch \\[0, 3\\)"):
+        run('type: "BatchReindex"', [np.zeros((3, 2)), [0, 3]])
+    with pytest.raises(NetError, match="index -1"):
+        run('type: "BatchReindex"', [np.zeros((3, 2)), [-1]])
+    with pytest.raises(ShapeError, match="'l'.*bottom 1 \\(the index blob must be 1-D\\)"):
+        run('type: "BatchReindex"', [np.zeros((3, 2)), [[0, 1]]])
+    layer, b, t = run('type: "BatchReindex"', [np.zeros((3, 2)), [0]])
+    with pytest.raises(NetError, match="index input"):
+        layer.backward(t, [False, True], b)
+
+
+# --- Filter ------------------------------------------------------------------------------------------------------
+FX = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]])
+LABELS = np.array([10.0, 11.0, 12.0, 13.0])
+SELECT = np.array([[0.0], [1.0], [0.5], [0.0]])  # any non-zero value selects
+
+
+def test_filter_forward_backward_and_first_reshape():
+    layer = make_layer('type: "Filter"')
+    bottom = [make_blob(FX), make_blob(LABELS), make_blob(SELECT)]
+    top = [Blob((), dtype=np.float64), Blob((), dtype=np.float64)]
+    layer.initialize(bottom, top)
+    assert top[0].shape == (4, 2) and top[1].shape == (4,)  # setup: the selector may hold no data yet
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, [[2, 3], [4, 5]])
+    np.testing.assert_array_equal(top[1].data, [11, 12])
+    top[0].diff[...] = [[1, 2], [3, 4]]
+    bottom[0].diff[...] = 9
+    layer.backward(top, [True, False, False], bottom)
+    np.testing.assert_array_equal(bottom[0].diff, [[0, 0], [1, 2], [3, 4], [0, 0]])
+
+
+def test_filter_selects_nothing():
+    _, _, (t0, t1) = run('type: "Filter"', [FX, LABELS, np.zeros(4)], n_tops=2)
+    assert t0.shape == (0, 2) and t1.shape == (0,)
+
+
+def test_filter_gradient_and_errors():
+    # Caffe: GradientChecker(1e-2, 1e-3) on the data bottom
+    grad_check('type: "Filter"', [gaussian((4, 3, 2)), LABELS, SELECT], n_tops=2, step=1e-2, threshold=1e-3,
+               check_bottom=[0, 1])
+    with pytest.raises(NetError, match="'l'.*3 bottoms need 2 tops"):
+        run('type: "Filter"', [FX, LABELS, SELECT], n_tops=1)
+    with pytest.raises(ShapeError, match="'l'.*selector"):
+        run('type: "Filter"', [FX, np.ones((4, 2))])
+    with pytest.raises(ShapeError, match="'l'.*bottom 0 \\(first axis must match the selector's 3 items\\)"):
+        run('type: "Filter"', [FX, np.ones(3)])
+    layer, b, t = run('type: "Filter"', [FX, SELECT])
+    with pytest.raises(NetError, match="selector"):
+        layer.backward(t, [True, True], b)
+
+
+# --- Parameter ---------------------------------------------------------------------------------------------------
+PARAM = 'type: "Parameter" parameter_param { shape { dim: 2 dim: 3 } }'
+
+
+def test_parameter_is_a_learnable_top():
+    layer, _, (t,) = run(PARAM, [])
+    assert len(layer.blobs) == 1 and layer.blobs[0].shape == (2, 3) and t.shape == (2, 3)
+    assert not t.data.any()  # no filler: zeros, as in Caffe
+    layer.blobs[0].data[...] = np.arange(6.0).reshape(2, 3)
+    layer.forward([], [t])
+    np.testing.assert_array_equal(t.data, [[0, 1, 2], [3, 4, 5]])
+    t.diff[...] = 1
+    layer.backward([t], [], [])
+    layer.backward([t], [], [])  # parameter diffs accumulate (iter_size)
+    np.testing.assert_array_equal(layer.blobs[0].diff, np.full((2, 3), 2.0))
+    GradientChecker(step=1e-2, threshold=1e-3).check(make_layer(PARAM), [], [Blob((), dtype=np.float64)])
+
+
+def test_parameter_learns_in_a_net():
+    text = """
+    layer { name: "data" type: "Input" top: "target" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "p" type: "Parameter" top: "p" parameter_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "target" top: "loss" }
+    """
+    net = caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TRAIN)
+    net.blobs["target"].data[...] = 1
+    net.forward()
+    net.backward()
+    # d/dp sum((p - t)^2) / (2 N) = (p - t) / N with N = 2
+    np.testing.assert_allclose(net.params["p"][0].diff, np.full((2, 3), -0.5))
+
+
+# --- Embed -------------------------------------------------------------------------------------------------------
+def embed_layer(bias=True):
+    text = 'type: "Embed" embed_param { num_output: 3 input_dim: 5 bias_term: %s }' % ("true" if bias else "false")
+    layer = make_layer(text)
+    bottom, top = [make_blob([[4, 2], [2, 3]])], [Blob((), dtype=np.float64)]
+    layer.initialize(bottom, top)
+    layer.blobs[0].data[...] = np.arange(15.0).reshape(5, 3)
+    if bias:
+        layer.blobs[1].data[...] = [0.1, 0.2, 0.3]
+    return layer, bottom, top
+
+
+def test_embed_forward_and_backward():
+    layer, bottom, top = embed_layer()
+    layer.forward(bottom, top)
+    assert top[0].shape == (2, 2, 3)
+    np.testing.assert_allclose(top[0].data, [[[12.1, 13.2, 14.3], [6.1, 7.2, 8.3]],
+                                             [[6.1, 7.2, 8.3], [9.1, 10.2, 11.3]]])
+    top[0].diff[...] = np.arange(12.0).reshape(2, 2, 3)
+    layer.backward(top, [False], bottom)
+    # rows 4, 2, 2, 3 receive the four top diffs; index 2 twice: summed
+    np.testing.assert_array_equal(layer.blobs[0].diff, [[0, 0, 0], [0, 0, 0], [9, 11, 13], [9, 10, 11],
+                                                        [0, 1, 2]])
+    np.testing.assert_array_equal(layer.blobs[1].diff, [18, 22, 26])
+    layer, bottom, top = embed_layer(bias=False)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data[1, 1], [9, 10, 11])
+
+
+@pytest.mark.parametrize("bias", ["true", "false"])
+def test_embed_gradient(bias):
+    # Caffe: GradientChecker(1e-2, 1e-3) on the parameters (indices have no gradient)
+    text = ('type: "Embed" embed_param { num_output: 10 input_dim: 5 bias_term: %s weight_filler { type: "uniform" '
+            'min: -10 max: 10 } bias_filler { type: "uniform" min: -10 max: 10 } }' % bias)
+    n = grad_check(text, [[[4], [2], [2], [3]]], step=1e-2, threshold=1e-3, check_bottom=[])
+    assert n == 50 + (10 if bias == "true" else 0)
+
+
+@pytest.mark.parametrize("value", [5, -1, 1.5])
+def test_embed_rejects_bad_indices(value):
+    with pytest.raises(NetError, match="'l' \\(Embed\\): input value %g is not an integer index in \\[0, 5\\)"
+                       % value):
+        run('type: "Embed" embed_param { num_output: 3 input_dim: 5 }', [[0, value]])
+
+
+def test_embed_errors():
+    with pytest.raises(NetError, match="input_dim must be > 0"):
+        run('type: "Embed" embed_param { num_output: 3 }', [[0]])
+    layer, bottom, top = embed_layer()
+    layer.forward(bottom, top)
+    with pytest.raises(NetError, match="cannot backpropagate to its input"):
+        layer.backward(top, [True], bottom)
+
+
