@@ -9,6 +9,7 @@ import numpy as np
 
 from ..blob import Blob
 from ..errors import NetError
+from ..io.arrays import load_binaryproto
 from ..proto import caffe_pb2
 from .base import Layer, register
 
@@ -365,3 +366,198 @@ class AccuracyLayer(Layer):
             totals = xp.bincount(lab_v, minlength=channels)
             hits = xp.bincount(safe[correct], minlength=channels)
             top[1].data[...] = xp.where(totals > 0, hits / xp.maximum(totals, 1), 0)
+
+
+@register("HingeLoss")
+class HingeLossLayer(LossLayer):
+    """One-vs-all hinge loss on scores (N, C...): d = max(0, 1 + s x) with s = -1 at the label, +1 elsewhere;
+    loss = sum(d) / N (L1, default) or sum(d^2) / N (L2)."""
+
+    def setup(self, bottom, top):
+        self.has_ignore_label = False
+        self.norm = self.layer_param.hinge_loss_param.norm
+        if self.norm not in (caffe_pb2.HingeLossParameter.L1, caffe_pb2.HingeLossParameter.L2):
+            raise NetError("layer %r (HingeLoss): unknown norm %r" % (self.name, self.norm))
+
+    def reshape(self, bottom, top):
+        self.check_first_dims(bottom)
+        if bottom[1].count_range(1) != 1:
+            raise self.shape_error("label", bottom[1].shape, (bottom[0].shape[0],))
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        num = bottom[0].shape[0]
+        x = bottom[0].data.reshape(num, -1)
+        lab = self.labels(bottom[1], (num,))
+        self.check_label_range(lab, xp.ones(lab.shape, dtype=bool), x.shape[1], xp)
+        sign = xp.ones_like(x)
+        sign[xp.arange(num), lab] = -1
+        d = xp.maximum(1 + sign * x, 0)
+        self._sign, self._d = sign, d
+        loss = d.sum() if self.norm == caffe_pb2.HingeLossParameter.L1 else (d * d).sum()
+        top[0].data[...] = loss / num
+
+    def backward(self, top, propagate_down, bottom):
+        self.refuse_label_gradient(propagate_down)
+        if not propagate_down[0]:
+            return
+        num = bottom[0].shape[0]
+        if self.norm == caffe_pb2.HingeLossParameter.L1:
+            g = self._sign * (self._d > 0)  # Caffe's sign(s d), d >= 0
+        else:
+            g = 2 * self._sign * self._d
+        bottom[0].diff.reshape(num, -1)[...] = g * (top[0].diff / num)
+
+
+@register("InfogainLoss")
+class InfogainLossLayer(LossLayer):
+    """SoftmaxWithLoss generalised by an infogain matrix H (C x C): the loss of an item with label y is
+    -sum_l H[y, l] log(max(p_l, 1e-20)), p = softmax along ``infogain_loss_param.axis``. H comes from a third
+    bottom or from the ``source`` .binaryproto. ignore_label and normalization (default VALID) as in
+    SoftmaxWithLoss; an optional second top receives the probabilities. H = identity gives SoftmaxWithLoss."""
+
+    exact_num_bottom = None
+    min_bottom = 2
+    max_bottom = 3
+    exact_num_top = None
+    min_top = 1
+    max_top = 2
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index == 0
+
+    def setup(self, bottom, top):
+        lp = self.layer_param.loss_param
+        if lp.HasField("normalize"):
+            raise NetError("layer %r (InfogainLoss): loss_param.normalize is deprecated and refused by Caffe's "
+                           "InfogainLoss; use loss_param.normalization" % self.name)
+        self.read_normalization()
+        self.H = None
+        if len(bottom) < 3:
+            p = self.layer_param.infogain_loss_param
+            if not p.HasField("source"):
+                raise NetError("layer %r (InfogainLoss): give the infogain matrix as a third bottom or as "
+                               "infogain_loss_param.source (a .binaryproto file)" % self.name)
+            self.H = bottom[0].xp.asarray(load_binaryproto(p.source), dtype=bottom[0].dtype)
+        self.prob = Blob(bottom[0].shape, dtype=bottom[0].dtype, xp=bottom[0].xp)
+
+    def _matrix(self, bottom):
+        return bottom[2].data if len(bottom) > 2 else self.H
+
+    def reshape(self, bottom, top):
+        self.check_first_dims(bottom)
+        try:
+            self.axis = bottom[0].canonical_axis(self.layer_param.infogain_loss_param.axis)
+        except ValueError as e:
+            raise NetError("layer %r (InfogainLoss): %s" % (self.name, e)) from None
+        self.dims = _split_at(bottom[0], self.axis)
+        outer, channels, inner = self.dims
+        if outer * inner != bottom[1].count:
+            raise NetError("layer %r (InfogainLoss): number of labels must match number of predictions: scores %s "
+                           "with infogain axis %d need %d labels, the label blob %s has %d"
+                           % (self.name, bottom[0].shape, self.axis, outer * inner, bottom[1].shape,
+                              bottom[1].count))
+        H = self._matrix(bottom)
+        if H.size != channels * channels:
+            raise self.shape_error("infogain matrix (%d labels along axis %d of %s)"
+                                   % (channels, self.axis, bottom[0].shape), H.shape, (channels, channels))
+        self.prob.reshape(bottom[0].shape)
+        top[0].reshape(())
+        if len(top) > 1:
+            top[1].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        outer, channels, inner = self.dims
+        prob3 = self.prob.data.reshape(self.dims)
+        softmax_into(bottom[0].data.reshape(self.dims), prob3, xp)
+        lab = self.labels(bottom[1], (outer, inner))
+        valid = self.valid_mask(lab, xp)
+        self.check_label_range(lab, valid, channels, xp)
+        self._lab = xp.where(valid, lab, 0)
+        self._valid = valid
+        H = self._matrix(bottom).reshape(channels, channels)
+        self._Hy = H[self._lab].transpose(0, 2, 1)  # (outer, channels, inner): row H[y] of each item
+        logp = xp.log(xp.maximum(prob3, prob3.dtype.type(_LOG_THRESHOLD)))
+        loss = -(self._Hy * logp * valid[:, None, :]).sum()
+        count = valid.sum().astype(prob3.dtype) if self.normalization == _LP.VALID else int(lab.size)
+        self._normalizer = self.normalizer(outer, inner, count)
+        top[0].data[...] = loss / self._normalizer
+        if len(top) > 1:
+            top[1].data[...] = self.prob.data
+
+    def backward(self, top, propagate_down, bottom):
+        self.refuse_label_gradient(propagate_down)
+        if len(propagate_down) > 2 and propagate_down[2]:
+            raise NetError("layer %r (InfogainLoss) cannot backpropagate to the infogain matrix" % self.name)
+        if not propagate_down[0]:
+            return
+        channels = self.dims[1]
+        row_sums = self._matrix(bottom).reshape(channels, channels).sum(axis=1)
+        dx = bottom[0].diff.reshape(self.dims)
+        dx[...] = self.prob.data.reshape(self.dims) * row_sums[self._lab][:, None, :] - self._Hy
+        if self.has_ignore_label:
+            dx *= self._valid[:, None, :]
+        dx *= top[0].diff / self._normalizer
+
+
+@register("ContrastiveLoss")
+class ContrastiveLossLayer(LossLayer):
+    """Siamese loss on feature pairs a, b (N, C) and similarity y (N): sum_n [y_n d_n^2 + (1 - y_n)
+    max(margin - d_n, 0)^2] / 2N with d = ||a - b||; ``legacy_version`` uses max(margin - d^2, 0) instead.
+    The dissimilar-pair gradient divides by d + 1e-4, as Caffe's."""
+
+    exact_num_bottom = 3
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index != 2
+
+    def setup(self, bottom, top):
+        p = self.layer_param.contrastive_loss_param
+        self.margin = float(p.margin)
+        self.legacy = bool(p.legacy_version)
+
+    def reshape(self, bottom, top):
+        self.check_first_dims(bottom)
+        a, b, y = bottom
+        num = a.shape[0]
+        if a.num_axes < 2 or a.count_range(2) != 1:
+            raise self.shape_error("bottom 0 (features must be (N, C) or (N, C, 1, 1))", a.shape, (num, "C"))
+        if b.shape[1:] != a.shape[1:]:
+            raise self.shape_error("bottom 1 (must match bottom 0)", b.shape, a.shape)
+        if y.num_axes < 1 or y.shape[0] != num or y.count_range(1) != 1:
+            raise self.shape_error("bottom 2 (one similarity label per pair)", y.shape, (num,))
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        num = bottom[0].shape[0]
+        self._diff = (bottom[0].data - bottom[1].data).reshape(num, -1)
+        self._dist_sq = (self._diff * self._diff).sum(axis=1)
+        self._similar = bottom[2].data.reshape(num).astype(np.int64) != 0  # Caffe's static_cast<int>
+        if self.legacy:
+            apart = xp.maximum(self.margin - self._dist_sq, 0)
+        else:
+            apart = xp.maximum(self.margin - xp.sqrt(self._dist_sq), 0) ** 2
+        loss = xp.where(self._similar, self._dist_sq, apart).sum()
+        top[0].data[...] = loss / num / 2
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[2]:
+            raise NetError("layer %r (ContrastiveLoss) cannot backpropagate to the similarity labels" % self.name)
+        xp = bottom[0].xp
+        num = bottom[0].shape[0]
+        if self.legacy:
+            mdist = self.margin - self._dist_sq
+            apart = -1.0
+        else:
+            dist = xp.sqrt(self._dist_sq)
+            mdist = self.margin - dist
+            apart = -mdist / (dist + 1e-4)
+        # per-pair coefficient of (a - b), before the sign and loss-weight factor alpha
+        coef = xp.where(self._similar, 1.0, xp.where(mdist > 0, apart, 0.0))
+        for i, sign in ((0, 1), (1, -1)):
+            if propagate_down[i]:
+                alpha = top[0].diff * sign / num
+                bottom[i].diff.reshape(num, -1)[...] = (coef * alpha)[:, None] * self._diff

@@ -1,7 +1,9 @@
-"""Crop, ArgMax, BatchReindex, Filter, Parameter and Embed:
+"""Crop, ArgMax, BatchReindex, Filter, Parameter, Embed, HingeLoss, InfogainLoss and ContrastiveLoss:
 hand-computed forward values, Caffe's edge cases, clear errors, and exhaustive float64 gradient checks with the
 step and threshold of each layer's BVLC Caffe test."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -10,11 +12,13 @@ from google.protobuf import text_format
 import pycaffe_norm as caffe
 from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError, ShapeError
+from pycaffe_norm.io.arrays import array_to_blobproto
 from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
 from tests.gradient_check import GradientChecker, make_blob
 
 TRAIN = caffe_pb2.TRAIN
+LN2 = math.log(2.0)
 
 
 def make_layer(text: str):
@@ -306,5 +310,171 @@ def test_embed_errors():
     layer.forward(bottom, top)
     with pytest.raises(NetError, match="cannot backpropagate to its input"):
         layer.backward(top, [True], bottom)
+
+
+# --- HingeLoss ---------------------------------------------------------------------------------------------------
+HX = np.array([[1.0, -2.0, 0.5], [0.2, 0.3, -1.5]])
+HL = np.array([0.0, 2.0])
+
+
+def test_hinge_loss_l1_and_l2():
+    # d = max(0, 1 + s x), s = -1 at the label: [[0, 0, 1.5], [1.2, 1.3, 2.5]] (item 0, class 0 sits on the kink)
+    _, (b, _), (t,) = run('type: "HingeLoss"', [HX, HL], top_diffs=[1.0], propagate=[True, False])
+    assert t.data == pytest.approx(6.5 / 2)
+    np.testing.assert_allclose(b.diff, [[0, 0, 0.5], [0.5, 0.5, -0.5]])
+    _, (b, _), (t,) = run('type: "HingeLoss" hinge_loss_param { norm: L2 }', [HX, HL], top_diffs=[2.0],
+                          propagate=[True, False])
+    assert t.data == pytest.approx((2.25 + 1.44 + 1.69 + 6.25) / 2)
+    np.testing.assert_allclose(b.diff, 2 * np.array([[0, 0, 1.5], [1.2, 1.3, -2.5]]))
+
+
+@pytest.mark.parametrize("norm,threshold", [("L1", 2e-3), ("L2", 1e-2)])
+def test_hinge_loss_gradient(norm, threshold):
+    # Caffe: GradientChecker(1e-2, 2e-3) for L1 (kink 1), (1e-2, 1e-2) for L2; data N(0, 10^2), 10 x 5
+    x = gaussian((10, 5), std=10)
+    x[np.abs(np.abs(x) - 1) < 0.05] += 0.2  # keep the central differences off the kinks at |x| = 1
+    labels = np.random.RandomState(5).randint(0, 5, 10).astype(float)
+    grad_check('type: "HingeLoss" hinge_loss_param { norm: %s }' % norm, [x, labels], step=1e-2,
+               threshold=threshold, check_bottom=[0])
+
+
+def test_hinge_loss_errors():
+    with pytest.raises(NetError, match="'l'.*label value 3 is outside \\[0, 3\\)"):
+        run('type: "HingeLoss"', [HX, [0, 3]])
+    with pytest.raises(ShapeError, match="'l'.*label"):
+        run('type: "HingeLoss"', [HX, [[0, 1], [1, 0]]])
+
+
+# --- InfogainLoss ------------------------------------------------------------------------------------------------
+IX = np.log(np.array([[1.0, 2.0, 1.0], [1.0, 1.0, 2.0]]))  # softmax: [.25, .5, .25] and [.25, .25, .5]
+IL = np.array([1.0, 0.0])
+IH = np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 1.0], [0.5, 0.0, 1.0]])
+
+
+def test_infogain_loss_hand_computed():
+    # item 0 (label 1): -(2 log .5 + log .25) = 4 ln 2; item 1 (label 0): -(log .25 + .5 log .25) = 3 ln 2
+    _, (b, _, _), (t, prob) = run('type: "InfogainLoss"', [IX, IL, IH], n_tops=2, top_diffs=[1.0, 0.0],
+                                  propagate=[True, False, False])
+    assert t.data == pytest.approx(3.5 * LN2)
+    np.testing.assert_allclose(prob.data, [[0.25, 0.5, 0.25], [0.25, 0.25, 0.5]])
+    # (p * rowsum(H)[y] - H[y]) / N
+    np.testing.assert_allclose(b.diff, [[0.375, -0.25, -0.125], [-0.3125, -0.0625, 0.375]])
+
+
+def test_infogain_identity_equals_softmax_then_multinomial_logistic_loss():
+    x, lab = gaussian((6, 4)), np.random.RandomState(3).randint(0, 4, 6).astype(float)
+    _, (b, _, _), (t,) = run('type: "InfogainLoss"', [x, lab, np.eye(4)], top_diffs=[1.0],
+                             propagate=[True, False, False])
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    _, _, (mll,) = run('type: "MultinomialLogisticLoss"', [p, lab])
+    _, (sb, _), (swl,) = run('type: "SoftmaxWithLoss"', [x, lab], top_diffs=[1.0], propagate=[True, False])
+    assert t.data == pytest.approx(float(mll.data), rel=1e-12)
+    assert t.data == pytest.approx(float(swl.data), rel=1e-12)
+    np.testing.assert_allclose(b.diff, sb.diff, rtol=1e-12, atol=1e-15)
+
+
+def test_infogain_matrix_from_binaryproto(tmp_path):
+    path = tmp_path / "H.binaryproto"
+    path.write_bytes(array_to_blobproto(IH.reshape(1, 1, 3, 3)).SerializeToString())
+    _, _, (t,) = run('type: "InfogainLoss" infogain_loss_param { source: "%s" }' % path, [IX, IL])
+    assert t.data == pytest.approx(3.5 * LN2, rel=1e-6)  # the file holds float32
+
+
+def test_infogain_axis_ignore_label_and_normalization():
+    # Caffe's TestInfogainLoss shapes: scores (4, 2, 5, 2) with axis 2, labels (4, 2, 1, 2)
+    rs = np.random.RandomState(7)
+    x, lab, H = rs.uniform(-0.5, 2.0, (4, 2, 5, 2)), rs.randint(0, 5, (4, 2, 1, 2)).astype(float), \
+        rs.uniform(0.1, 2.0, (5, 5))
+    lab[0, 0, 0, 0] = 2
+    e = np.exp(x - x.max(axis=2, keepdims=True))
+    p = e / e.sum(axis=2, keepdims=True)
+    y = lab.reshape(8, 2).astype(int)
+    p3 = p.reshape(8, 5, 2)
+    per_item = -np.einsum("ijl,ilj->ij", H[y], np.log(p3))
+    base = 'type: "InfogainLoss" infogain_loss_param { axis: 2 } '
+    _, _, (t, prob) = run(base, [x, lab, H], n_tops=2)
+    np.testing.assert_allclose(prob.data, p, rtol=1e-12)
+    assert t.data == pytest.approx(per_item.sum() / 16)
+    keep = y != 2
+    _, _, (t,) = run(base + 'loss_param { ignore_label: 2 }', [x, lab, H])
+    assert t.data == pytest.approx(per_item[keep].sum() / keep.sum())
+    _, _, (t,) = run(base + 'loss_param { ignore_label: 2 normalization: BATCH_SIZE }', [x, lab, H])
+    assert t.data == pytest.approx(per_item[keep].sum() / 8)
+
+
+@pytest.mark.parametrize("extra", ["", "loss_param { ignore_label: 1 }"])
+def test_infogain_gradient(extra):
+    # Caffe: GradientChecker(1e-4, 2e-2) on bottom 0, axis 2
+    rs = np.random.RandomState(1701)
+    x, lab, H = rs.uniform(-0.5, 2.0, (4, 2, 5, 2)), rs.randint(0, 5, (4, 2, 1, 2)).astype(float), \
+        rs.uniform(0.1, 2.0, (1, 1, 5, 5))
+    grad_check('type: "InfogainLoss" infogain_loss_param { axis: 2 } ' + extra, [x, lab, H], step=1e-4,
+               threshold=2e-2, check_bottom=[0])
+
+
+def test_infogain_errors():
+    with pytest.raises(ShapeError, match="'l'.*infogain matrix \\(3 labels along axis 1"):
+        run('type: "InfogainLoss"', [IX, IL, np.eye(4)])
+    with pytest.raises(NetError, match="'l'.*third bottom or as infogain_loss_param.source"):
+        run('type: "InfogainLoss"', [IX, IL])
+    with pytest.raises(NetError, match="normalize is deprecated"):
+        run('type: "InfogainLoss" loss_param { normalize: true }', [IX, IL, IH])
+    with pytest.raises(NetError, match="'l'.*label value 3 is outside \\[0, 3\\)"):
+        run('type: "InfogainLoss"', [IX, [0, 3], IH])
+
+
+# --- ContrastiveLoss ---------------------------------------------------------------------------------------------
+CA = np.array([[1.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
+CB = np.array([[0.0, 0.0], [0.0, 0.5], [0.0, 0.0]])
+CY = np.array([1.0, 0.0, 0.0])  # similar, dissimilar inside the margin, dissimilar outside
+
+
+def test_contrastive_loss():
+    # d^2 = [1, .25, 25]: (1 + max(1 - .5, 0)^2 + 0) / (2 * 3)
+    _, (a, b, _), (t,) = run('type: "ContrastiveLoss"', [CA, CB, CY], top_diffs=[1.0], propagate=[True, True, False])
+    assert t.data == pytest.approx(1.25 / 6)
+    # similar: (a - b) / N; dissimilar inside: -(margin - d) / (d + 1e-4) (a - b) / N
+    expect = np.array([[1 / 3, 0], [0, 0.5 * 0.5 / 0.5001 / 3], [0, 0]])
+    np.testing.assert_allclose(a.diff, expect, rtol=1e-12)
+    np.testing.assert_allclose(b.diff, -expect, rtol=1e-12)
+
+
+def test_contrastive_loss_legacy_version():
+    # legacy: max(margin - d^2, 0) for dissimilar pairs: (1 + .75 + 0) / 6
+    _, (a, _, _), (t,) = run('type: "ContrastiveLoss" contrastive_loss_param { legacy_version: true }',
+                             [CA, CB, CY], top_diffs=[1.0], propagate=[True, False, False])
+    assert t.data == pytest.approx(1.75 / 6)
+    np.testing.assert_allclose(a.diff, [[1 / 3, 0], [0, 1 / 6], [0, 0]], rtol=1e-12)
+    _, _, (t,) = run('type: "ContrastiveLoss" contrastive_loss_param { margin: 2 }',
+                     [CA.reshape(3, 2, 1, 1), CB.reshape(3, 2, 1, 1), CY.reshape(3, 1, 1, 1)])
+    assert t.data == pytest.approx((1 + 1.5 ** 2) / 6)
+
+
+@pytest.mark.parametrize("legacy", ["false", "true"])
+def test_contrastive_loss_gradient(legacy):
+    # Caffe: GradientChecker(1e-2, 1e-2) on bottoms 0 and 1; features N(0, 0.3^2), random similarity
+    a, b = gaussian((8, 2, 1, 1), std=0.3), gaussian((8, 2, 1, 1), seed=3, std=0.3)
+    y = np.random.RandomState(4).randint(0, 2, (8, 1, 1, 1)).astype(float)
+    grad_check('type: "ContrastiveLoss" contrastive_loss_param { legacy_version: %s }' % legacy, [a, b, y],
+               step=1e-2, threshold=1e-2, check_bottom=[0, 1])
+    # larger gradients, so the threshold bites: d = [7.2, 2.9, 2.0, 2.9]; pairs 0-2 dissimilar (0 outside the
+    # margin, 1 and 2 inside), pair 3 similar
+    a, b = gaussian((4, 3), std=1.5), gaussian((4, 3), seed=3, std=1.5)
+    margin = 16 if legacy == "true" else 4  # legacy compares the margin with d^2
+    grad_check('type: "ContrastiveLoss" contrastive_loss_param { margin: %d legacy_version: %s }' % (margin, legacy),
+               [a, b, np.array([0.0, 0.0, 0.0, 1.0])], step=1e-2, threshold=1e-2, check_bottom=[0, 1])
+
+
+def test_contrastive_loss_errors():
+    with pytest.raises(ShapeError, match="'l'.*bottom 1 \\(must match bottom 0\\)"):
+        run('type: "ContrastiveLoss"', [CA, np.zeros((3, 3)), CY])
+    with pytest.raises(ShapeError, match="'l'.*bottom 2"):
+        run('type: "ContrastiveLoss"', [CA, CB, np.zeros((3, 2))])
+    with pytest.raises(ShapeError, match="'l'.*bottom 0"):
+        run('type: "ContrastiveLoss"', [np.zeros((3, 2, 2)), np.zeros((3, 2, 2)), CY])
+    layer, bottom, top = run('type: "ContrastiveLoss"', [CA, CB, CY])
+    with pytest.raises(NetError, match="similarity labels"):
+        layer.backward(top, [True, True, True], bottom)
 
 
