@@ -1,4 +1,4 @@
-"""Convolution, Deconvolution and Pooling with BVLC Caffe's geometry and numerics."""
+"""Convolution, Deconvolution, Pooling and SPP with BVLC Caffe's geometry and numerics."""
 from __future__ import annotations
 
 import math
@@ -437,6 +437,91 @@ class PoolingLayer(Layer):
                 buf[sl] += g
             self._finish_grad(buf, dx)
 
+
+
+@register("SPP")
+class SPPLayer(Layer):
+    """Spatial pyramid pooling: level l pools (N, C, H, W) into 2^l x 2^l bins with Caffe's Pooling (kernel
+    ceil(H / 2^l), stride = kernel, pad (kernel 2^l - H + 1) // 2), flattens each level and concatenates them:
+    top (N, C * sum_l 4^l). With pyramid_height 1 the top is the single pooling output (N, C, 1, 1), as in Caffe."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+    allow_in_place = False
+
+    def setup(self, bottom, top):
+        p = self.layer_param.spp_param
+        self.height = int(p.pyramid_height)
+        if self.height < 1:
+            raise NetError("layer %r (SPP): spp_param.pyramid_height must be given and >= 1" % self.name)
+        if p.pool not in (caffe_pb2.SPPParameter.MAX, caffe_pb2.SPPParameter.AVE):
+            raise NetError("layer %r (SPP): only MAX and AVE pooling are supported" % self.name)
+        # SPPParameter and PoolingParameter number MAX and AVE alike.
+        self.pool = _PP.MAX if p.pool == caffe_pb2.SPPParameter.MAX else _PP.AVE
+        self._hw = None
+
+    def _level_param(self, level: int, h: int, w: int) -> caffe_pb2.LayerParameter:
+        lp = caffe_pb2.LayerParameter(name="%s (pyramid level %d)" % (self.name, level), type="Pooling")
+        pp = lp.pooling_param
+        pp.pool = self.pool
+        bins = 2 ** level
+        kh, kw = -(-h // bins), -(-w // bins)
+        pp.kernel_h, pp.kernel_w = kh, kw
+        pp.stride_h, pp.stride_w = kh, kw
+        pp.pad_h, pp.pad_w = (kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2
+        return lp
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes != 4:
+            raise self.shape_error("bottom (SPP needs 4 axes: num, channels, height, width)", b.shape,
+                                   ("N", "C", "H", "W"))
+        n, c, h, w = b.shape
+        if (h, w) != self._hw:  # pooling geometry depends on the spatial size: rebuild the levels
+            self._pools, self._tops = [], []
+            for level in range(self.height):
+                pool = PoolingLayer(self._level_param(level, h, w), self.phase)
+                t = Blob((), dtype=b.dtype, xp=b.xp)
+                pool.initialize([b], [t])
+                self._pools.append(pool)
+                self._tops.append(t)
+            self._hw = (h, w)
+        else:
+            for pool, t in zip(self._pools, self._tops):
+                pool.reshape([b], [t])
+        self._sizes = [t.count // max(n, 1) for t in self._tops]
+        if self.height == 1:
+            top[0].reshape(self._tops[0].shape)
+        else:
+            top[0].reshape((n, sum(self._sizes)))
+
+    def _levels(self):
+        offset = 0
+        for pool, t, size in zip(self._pools, self._tops, self._sizes):
+            yield pool, t, slice(offset, offset + size)
+            offset += size
+
+    def forward(self, bottom, top):
+        n = bottom[0].shape[0]
+        y = top[0].data.reshape(n, -1)
+        for pool, t, cols in self._levels():
+            pool.forward(bottom, [t])
+            y[:, cols] = t.data.reshape(n, -1)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        n = bottom[0].shape[0]
+        dy = top[0].diff.reshape(n, -1)
+        total = None
+        for pool, t, cols in self._levels():
+            t.diff[...] = dy[:, cols].reshape(t.shape)
+            pool.backward([t], [True], bottom)  # overwrites bottom diff: sum the levels aside
+            if total is None:
+                total = bottom[0].diff.copy()
+            else:
+                total += bottom[0].diff
+        bottom[0].diff[...] = total
 
 def _xp(a):
     return ic._xp(a)

@@ -1,4 +1,4 @@
-"""Crop, ArgMax, BatchReindex, Filter, Parameter, Embed, HingeLoss, InfogainLoss and ContrastiveLoss:
+"""Crop, ArgMax, BatchReindex, Filter, Parameter, Embed, HingeLoss, InfogainLoss, ContrastiveLoss and SPP:
 hand-computed forward values, Caffe's edge cases, clear errors, and exhaustive float64 gradient checks with the
 step and threshold of each layer's BVLC Caffe test."""
 from __future__ import annotations
@@ -478,3 +478,68 @@ def test_contrastive_loss_errors():
         layer.backward(top, [True, True, True], bottom)
 
 
+# --- SPP ---------------------------------------------------------------------------------------------------------
+def test_spp_max_and_ave_hand_computed():
+    # level 0: the whole 4x4 map; level 1: 2x2 bins of 2x2
+    _, _, (t,) = run('type: "SPP" spp_param { pyramid_height: 2 }', [X44])
+    assert t.shape == (1, 5)
+    np.testing.assert_array_equal(t.data, [[15, 5, 7, 13, 15]])
+    _, _, (t,) = run('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [X44])
+    np.testing.assert_array_equal(t.data, [[7.5, 2.5, 4.5, 10.5, 12.5]])
+
+
+def test_spp_padded_bins_and_channel_layout():
+    # 3x3 into 2x2 bins: kernel 2, stride 2, pad 1; Caffe's AVE divides by the padded window size (4)
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    _, _, (t,) = run('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [x])
+    np.testing.assert_allclose(t.data, [[4, 0, 0.75, 2.25, 6]])
+    _, _, (t,) = run('type: "SPP" spp_param { pyramid_height: 2 }', [x])
+    np.testing.assert_array_equal(t.data, [[8, 0, 2, 6, 8]])
+    # each level flattened as (C, bins, bins), levels concatenated
+    x = np.arange(1.0, 9.0).reshape(1, 2, 2, 2)
+    _, _, (t,) = run('type: "SPP" spp_param { pyramid_height: 2 }', [x])
+    np.testing.assert_array_equal(t.data, [[4, 8, 1, 2, 3, 4, 5, 6, 7, 8]])
+
+
+def test_spp_backward_sums_the_levels():
+    _, (b,), _ = run('type: "SPP" spp_param { pyramid_height: 2 }', [X44], top_diffs=[[[1, 10, 20, 30, 40]]])
+    expect = np.zeros((4, 4))
+    expect[1, 1], expect[1, 3], expect[3, 1], expect[3, 3] = 10, 20, 30, 41
+    np.testing.assert_array_equal(b.diff[0, 0], expect)
+
+
+@pytest.mark.parametrize("shape,height,top_shape", [
+    ((2, 3, 9, 8), 3, (2, 63)), ((10, 3, 7, 7), 3, (10, 63)), ((2, 3, 9, 8), 1, (2, 3, 1, 1)),
+    ((1, 3, 64, 48), 5, (1, 1023)),
+])
+def test_spp_output_shapes(shape, height, top_shape):
+    _, _, (t,) = run('type: "SPP" spp_param { pyramid_height: %d }' % height, [np.zeros(shape)])
+    assert t.shape == top_shape
+
+
+def test_spp_follows_a_new_input_size():
+    layer, (b,), (t,) = run('type: "SPP" spp_param { pyramid_height: 2 }', [X44])
+    b.reshape((2, 1, 3, 3))
+    b.data[...] = np.arange(9.0).reshape(3, 3)
+    layer.reshape([b], [t])
+    layer.forward([b], [t])
+    np.testing.assert_array_equal(t.data, [[8, 0, 2, 6, 8]] * 2)
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+def test_spp_gradient(pool):
+    # Caffe: GradientChecker(1e-4, 1e-2), bottom (2, 3, 9, 8), pyramid_height 3
+    grad_check('type: "SPP" spp_param { pyramid_height: 3 pool: %s }' % pool, [gaussian((2, 3, 9, 8))],
+               step=1e-4, threshold=1e-2)
+
+
+def test_spp_errors():
+    with pytest.raises(NetError, match="'l'.*pyramid_height must be given"):
+        run('type: "SPP"', [X44])
+    with pytest.raises(NetError, match="'l'.*only MAX and AVE"):
+        run('type: "SPP" spp_param { pyramid_height: 2 pool: STOCHASTIC }', [X44])
+    with pytest.raises(ShapeError, match="'l'.*SPP needs 4 axes"):
+        run('type: "SPP" spp_param { pyramid_height: 2 }', [np.zeros((1, 4, 4))])
+    # like Caffe, a level whose padding reaches the kernel (1x1 input, 2x2 bins) is refused by its pooling
+    with pytest.raises(NetError, match="pyramid level 1.*pad"):
+        run('type: "SPP" spp_param { pyramid_height: 2 }', [np.zeros((1, 1, 1, 1))])
