@@ -519,8 +519,10 @@ class ArgMaxLayer(Layer):
         xp = bottom[0].xp
         x3 = bottom[0].data.reshape(self.dims)
         dim, k = self.dims[1], self.top_k
-        # A stable sort of the reversed values puts the larger index first among equal values.
-        order = xp.argsort(-x3[:, ::-1, :], axis=1, kind="stable")[:, :k, :]
+        # A stable sort of the reversed values puts the larger index first among equal values (CuPy's sort is
+        # always stable and takes no other kind).
+        stable = {"kind": "stable"} if xp is np else {}
+        order = xp.argsort(-x3[:, ::-1, :], axis=1, **stable)[:, :k, :]
         idx = (dim - 1) - order
         if self.has_axis:
             out = xp.take_along_axis(x3, idx, axis=1) if self.out_max_val else idx
