@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable, List, Optional, Sequence
 
@@ -160,14 +162,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     with search_dirs(*_data_dirs(args.solver)):
         log.info("Starting Optimization")
         solver = get_solver(args.solver)
-        if args.snapshot:
-            log.info("Resuming from %s", args.snapshot)
-            solver.solve(resume_file=args.snapshot)
-        else:
-            if args.weights:
-                _copy_weights([solver.net] + list(solver.test_nets), args.weights)
-            solver.solve()
+        if args.weights and not args.snapshot:
+            _copy_weights([solver.net] + list(solver.test_nets), args.weights)
+        with _SignalActions(solver, args.sigint_effect, args.sighup_effect):
+            if args.snapshot:
+                log.info("Resuming from %s", args.snapshot)
+                solver.solve(resume_file=args.snapshot)
+            else:
+                solver.solve()
     return 0
+
+
+class _SignalActions:
+    """caffe train's signal handling: SIGINT and SIGHUP request "stop", "snapshot" or "none" of the solver,
+    which acts on it after the current iteration. A second SIGINT while a stop is pending aborts at once."""
+
+    def __init__(self, solver, sigint_effect: str, sighup_effect: str):
+        self.solver = solver
+        self.effects = {signal.SIGINT: sigint_effect}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup_effect
+        self.pending: List[str] = []
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        effect = self.effects[signum]
+        if signum == signal.SIGINT and "stop" in self.pending:
+            raise KeyboardInterrupt
+        if effect != "none":
+            log.info("Caught %s: requesting %s", signal.Signals(signum).name, effect)
+            self.pending.append(effect)
+
+    def _next_action(self) -> str:
+        return self.pending.pop(0) if self.pending else "none"
+
+    def __enter__(self):
+        self.solver.action_request = self._next_action
+        if threading.current_thread() is threading.main_thread():   # Python allows handlers only there
+            for signum in self.effects:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.solver.action_request = None
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -318,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma-separated .caffemodel files to fine-tune from")
     p.add_argument("--snapshot", help="a .solverstate to resume training from")
     p.add_argument("--gpu", help="run on this CUDA device id (needs CuPy); default: the solver's solver_mode")
+    effects = ("stop", "snapshot", "none")
+    p.add_argument("--sigint_effect", choices=effects, default="stop",
+                   help="what Ctrl-C does: stop (after a snapshot, if snapshot_after_train), snapshot, none "
+                        "(default: %(default)s)")
+    p.add_argument("--sighup_effect", choices=effects, default="snapshot",
+                   help="what SIGHUP does (default: %(default)s)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="score a model: average its outputs over --iterations batches")

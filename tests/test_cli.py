@@ -258,3 +258,63 @@ def test_train_lenet_loss_falls_and_resume_matches(tmp_path, capsys, monkeypatch
     assert "Finetuning from %s" % final in msgs
     first = [float(m.split(" = ")[1]) for m in msgs if re.fullmatch(r"Iteration 0, loss = \S+", m)]
     assert first and first[0] < losses[0] * 0.6
+
+
+SIGNAL_LAYER = '''
+import os
+import signal
+
+import pycaffe_norm as caffe
+
+
+class SignalAt(caffe.Layer):
+    """Passes its bottom through and sends this process a signal at the forward pass named in param_str."""
+
+    def setup(self, bottom, top):
+        name, at = self.param_str.split()
+        self.signum, self.at, self.calls = getattr(signal, name), int(at), 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.signum)
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = top[0].diff
+'''
+
+
+def _signal_solver(tmp_path, monkeypatch, signal_name: str, at: int) -> str:
+    (tmp_path / "signal_layer_for_cli.py").write_text(SIGNAL_LAYER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    signal_layer = ('layer { name: "signal" type: "Python" bottom: "data" top: "signalled" python_param { '
+                    'module: "signal_layer_for_cli" layer: "SignalAt" param_str: "%s %d" } }\n' % (signal_name, at))
+    net = (TINY % 3).replace('layer { name: "ip"', signal_layer + 'layer { name: "ip"')
+    net = net.replace('bottom: "data" top: "ip"', 'bottom: "signalled" top: "ip"')
+    (tmp_path / "net.prototxt").write_text(net)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "%s"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 100\ndisplay: 0\n'
+                      'solver_mode: CPU\nsnapshot_prefix: "%s"\n' % (tmp_path / "net.prototxt", tmp_path / "snap"))
+    return str(solver)
+
+
+def test_train_ctrl_c_stops_after_a_snapshot_like_caffe(tmp_path, monkeypatch, capsys):
+    solver = _signal_solver(tmp_path, monkeypatch, "SIGINT", 5)
+    assert main(["train", "--solver", solver]) == 0
+    err = capsys.readouterr().err
+    assert "Caught SIGINT: requesting stop" in err and "Optimization stopped early." in err
+    # the signal came during iteration 4's forward pass: Caffe finishes that iteration, then snapshots
+    assert [p.name for p in tmp_path.glob("snap_iter_*.caffemodel")] == ["snap_iter_5.caffemodel"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="no SIGHUP on this platform")
+def test_train_sighup_snapshots_and_goes_on(tmp_path, monkeypatch, capsys):
+    solver = _signal_solver(tmp_path, monkeypatch, "SIGHUP", 3)
+    assert main(["train", "--solver", solver, "--sigint_effect", "none"]) == 0
+    assert "Optimization Done." in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("snap_iter_*.caffemodel")) == ["snap_iter_100.caffemodel",
+                                                                            "snap_iter_3.caffemodel"]

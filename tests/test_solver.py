@@ -207,3 +207,44 @@ def test_repository_relative_net_path_resolves_from_the_model_folder(tmp_path, m
     with pytest.raises(PcnError, match="missing.prototxt"):
         (model_dir / "bad.prototxt").write_text('net: "models/x/missing.prototxt"\nbase_lr: 0.1\n')
         caffe.get_solver("x/bad.prototxt")
+
+
+@pytest.mark.parametrize("after_train", [True, False])
+def test_stop_request_ends_training_like_caffe(tmp_path, caplog, after_train):
+    path = write_solver(tmp_path, "snapshot_after_train: %s\n" % str(after_train).lower())
+    solver = caffe.get_solver(path)
+    feed(solver.net, 0)
+    solver.action_request = lambda: "stop" if solver.iter == 3 else "none"
+    with caplog.at_level(logging.INFO, logger="pycaffe_norm"):
+        solver.solve()
+    assert solver.iter == 3 and solver.requested_early_exit
+    assert "Optimization stopped early." in caplog.text and "Optimization Done." not in caplog.text
+    assert (tmp_path / "snap_iter_3.caffemodel").exists() == after_train
+
+
+def test_snapshot_request_snapshots_and_goes_on(tmp_path):
+    solver = caffe.get_solver(write_solver(tmp_path))
+    feed(solver.net, 0)
+    solver.action_request = lambda: "snapshot" if solver.iter in (4, 7) else "none"
+    solver.solve()
+    assert solver.iter == 20 and not solver.requested_early_exit
+    assert sorted(p.name for p in tmp_path.glob("snap_iter_*.caffemodel")) == ["snap_iter_4.caffemodel",
+                                                                            "snap_iter_7.caffemodel"]
+
+
+def test_stop_request_during_a_test_pass(tmp_path, caplog):
+    solver = caffe.get_solver(write_solver(tmp_path, "test_iter: 3\ntest_interval: 5\n"
+                                           'test_net: "%s"\n' % (tmp_path / "net.prototxt")))
+    feed(solver.net, 0)
+    feed(solver.test_nets[0], 0)
+    calls = []
+
+    def request():
+        calls.append(solver.iter)
+        # at iteration 5 the first poll ends the training step, the next ones come from the test pass
+        return "stop" if calls.count(5) == 2 else "none"
+
+    solver.action_request = request
+    with caplog.at_level(logging.INFO, logger="pycaffe_norm"):
+        solver.solve()
+    assert solver.iter == 5 and "Test interrupted." in caplog.text and "stopped early" in caplog.text

@@ -5,7 +5,7 @@ import logging
 import math
 import os
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -62,6 +62,10 @@ class Solver:
             set_random_seed(param.random_seed)
         self.iter = 0
         self.current_step = 0
+        # Caffe's SetActionFunction: polled every iteration; returns "none", "snapshot" or "stop" (pcn train
+        # sets it from SIGINT / SIGHUP, as caffe train does).
+        self.action_request: Optional[Callable[[], str]] = None
+        self.requested_early_exit = False
         self._losses: List[float] = []
         self.smoothed_loss = 0.0
         self.check_param()
@@ -188,6 +192,8 @@ class Solver:
             self.net.clear_param_diffs()
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 self.test_all()
+                if self.requested_early_exit:
+                    break
             display = p.display and self.iter % p.display == 0
             loss = 0.0
             for _ in range(max(int(p.iter_size), 1)):
@@ -203,8 +209,15 @@ class Solver:
                 self._log_outputs(self.net, "Train", None)
             self.apply_update()
             self.iter += 1
-            if p.snapshot and self.iter % p.snapshot == 0:
+            request = self._requested_action()
+            if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
                 self.snapshot()
+            if request == "stop":
+                self.requested_early_exit = True
+                break
+
+    def _requested_action(self) -> str:
+        return self.action_request() if self.action_request is not None else "none"
 
     def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
         if len(self._losses) < average_loss:
@@ -238,6 +251,9 @@ class Solver:
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
+        if self.requested_early_exit:
+            log.info("Optimization stopped early.")
+            return
         if p.display and self.iter % p.display == 0:
             loss = self.net.forward_loss()
             self._update_smoothed_loss(loss, start_iter, max(int(p.average_loss), 1))
@@ -258,6 +274,16 @@ class Solver:
         sums = {}
         loss = 0.0
         for _ in range(n):
+            request = self._requested_action()
+            while request != "none":     # as Caffe: act on every pending request before the next batch
+                if request == "snapshot":
+                    self.snapshot()
+                elif request == "stop":
+                    self.requested_early_exit = True
+                request = self._requested_action()
+            if self.requested_early_exit:
+                log.info("Test interrupted.")
+                return {}
             it_loss = net.forward_loss()
             loss += it_loss
             for name in net.outputs:
