@@ -143,25 +143,31 @@ class SoftmaxWithLossLayer(LossLayer):
         self.read_normalization()
         self.prob = Blob(bottom[0].shape, dtype=bottom[0].dtype, xp=bottom[0].xp)
 
+    axis_name = "softmax axis"
+
+    def softmax_axis(self) -> int:
+        return self.layer_param.softmax_param.axis
+
     def reshape(self, bottom, top):
         self.check_first_dims(bottom)
         try:
-            self.axis = bottom[0].canonical_axis(self.layer_param.softmax_param.axis)
+            self.axis = bottom[0].canonical_axis(self.softmax_axis())
         except ValueError as e:
-            raise NetError("layer %r (SoftmaxWithLoss): %s" % (self.name, e)) from None
+            raise NetError("layer %r (%s): %s" % (self.name, self.type, e)) from None
         self.dims = _split_at(bottom[0], self.axis)
         outer, _, inner = self.dims
         if outer * inner != bottom[1].count:
-            raise NetError("layer %r (SoftmaxWithLoss): number of labels must match number of predictions: scores "
-                           "%s with softmax axis %d need %d labels, the label blob %s has %d"
-                           % (self.name, bottom[0].shape, self.axis, outer * inner, bottom[1].shape,
-                              bottom[1].count))
+            raise NetError("layer %r (%s): number of labels must match number of predictions: scores %s with %s %d "
+                           "need %d labels, the label blob %s has %d"
+                           % (self.name, self.type, bottom[0].shape, self.axis_name, self.axis, outer * inner,
+                              bottom[1].shape, bottom[1].count))
         self.prob.reshape(bottom[0].shape)
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape(bottom[0].shape)
 
-    def forward(self, bottom, top):
+    def softmax_and_labels(self, bottom):
+        """Softmax into ``self.prob``; keeps the labels (ignored ones as 0) and their validity; returns prob3."""
         xp = bottom[0].xp
         outer, channels, inner = self.dims
         prob3 = self.prob.data.reshape(self.dims)
@@ -171,14 +177,24 @@ class SoftmaxWithLossLayer(LossLayer):
         self.check_label_range(lab, valid, channels, xp)
         self._lab = xp.where(valid, lab, 0)
         self._valid = valid
-        p = xp.take_along_axis(prob3, self._lab[:, None, :], axis=1)[:, 0, :]
-        logp = xp.log(xp.maximum(p, p.dtype.type(_FLT_MIN)))
-        loss = -xp.where(valid, logp, 0).sum(dtype=prob3.dtype)
-        count = valid.sum().astype(prob3.dtype) if self.normalization == _LP.VALID else int(lab.size)
+        return prob3
+
+    def set_loss(self, top, loss) -> None:
+        """Normalises ``loss`` as ``loss_param`` says and writes the tops (loss, and probabilities if asked)."""
+        outer, _, inner = self.dims
+        valid = self._valid
+        count = valid.sum().astype(self.prob.dtype) if self.normalization == _LP.VALID else int(valid.size)
         self._normalizer = self.normalizer(outer, inner, count)
         top[0].data[...] = loss / self._normalizer
         if len(top) > 1:
             top[1].data[...] = self.prob.data
+
+    def forward(self, bottom, top):
+        xp = bottom[0].xp
+        prob3 = self.softmax_and_labels(bottom)
+        p = xp.take_along_axis(prob3, self._lab[:, None, :], axis=1)[:, 0, :]
+        logp = xp.log(xp.maximum(p, p.dtype.type(_FLT_MIN)))
+        self.set_loss(top, -xp.where(self._valid, logp, 0).sum(dtype=prob3.dtype))
 
     def backward(self, top, propagate_down, bottom):
         self.refuse_label_gradient(propagate_down)
@@ -411,7 +427,7 @@ class HingeLossLayer(LossLayer):
 
 
 @register("InfogainLoss")
-class InfogainLossLayer(LossLayer):
+class InfogainLossLayer(SoftmaxWithLossLayer):
     """SoftmaxWithLoss generalised by an infogain matrix H (C x C): the loss of an item with label y is
     -sum_l H[y, l] log(max(p_l, 1e-20)), p = softmax along ``infogain_loss_param.axis``. H comes from a third
     bottom or from the ``source`` .binaryproto. ignore_label and normalization (default VALID) as in
@@ -420,9 +436,6 @@ class InfogainLossLayer(LossLayer):
     exact_num_bottom = None
     min_bottom = 2
     max_bottom = 3
-    exact_num_top = None
-    min_top = 1
-    max_top = 2
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return bottom_index == 0
@@ -445,47 +458,27 @@ class InfogainLossLayer(LossLayer):
     def _matrix(self, bottom):
         return bottom[2].data if len(bottom) > 2 else self.H
 
+    axis_name = "infogain axis"
+
+    def softmax_axis(self) -> int:
+        return self.layer_param.infogain_loss_param.axis
+
     def reshape(self, bottom, top):
-        self.check_first_dims(bottom)
-        try:
-            self.axis = bottom[0].canonical_axis(self.layer_param.infogain_loss_param.axis)
-        except ValueError as e:
-            raise NetError("layer %r (InfogainLoss): %s" % (self.name, e)) from None
-        self.dims = _split_at(bottom[0], self.axis)
-        outer, channels, inner = self.dims
-        if outer * inner != bottom[1].count:
-            raise NetError("layer %r (InfogainLoss): number of labels must match number of predictions: scores %s "
-                           "with infogain axis %d need %d labels, the label blob %s has %d"
-                           % (self.name, bottom[0].shape, self.axis, outer * inner, bottom[1].shape,
-                              bottom[1].count))
+        super().reshape(bottom, top)
+        channels = self.dims[1]
         H = self._matrix(bottom)
         if H.size != channels * channels:
             raise self.shape_error("infogain matrix (%d labels along axis %d of %s)"
                                    % (channels, self.axis, bottom[0].shape), H.shape, (channels, channels))
-        self.prob.reshape(bottom[0].shape)
-        top[0].reshape(())
-        if len(top) > 1:
-            top[1].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
         xp = bottom[0].xp
-        outer, channels, inner = self.dims
-        prob3 = self.prob.data.reshape(self.dims)
-        softmax_into(bottom[0].data.reshape(self.dims), prob3, xp)
-        lab = self.labels(bottom[1], (outer, inner))
-        valid = self.valid_mask(lab, xp)
-        self.check_label_range(lab, valid, channels, xp)
-        self._lab = xp.where(valid, lab, 0)
-        self._valid = valid
+        prob3 = self.softmax_and_labels(bottom)
+        channels = self.dims[1]
         H = self._matrix(bottom).reshape(channels, channels)
         self._Hy = H[self._lab].transpose(0, 2, 1)  # (outer, channels, inner): row H[y] of each item
         logp = xp.log(xp.maximum(prob3, prob3.dtype.type(_LOG_THRESHOLD)))
-        loss = -(self._Hy * logp * valid[:, None, :]).sum()
-        count = valid.sum().astype(prob3.dtype) if self.normalization == _LP.VALID else int(lab.size)
-        self._normalizer = self.normalizer(outer, inner, count)
-        top[0].data[...] = loss / self._normalizer
-        if len(top) > 1:
-            top[1].data[...] = self.prob.data
+        self.set_loss(top, -(self._Hy * logp * self._valid[:, None, :]).sum())
 
     def backward(self, top, propagate_down, bottom):
         self.refuse_label_gradient(propagate_down)
