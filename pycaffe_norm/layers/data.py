@@ -621,3 +621,81 @@ class MemoryDataLayer(Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+
+@register("HDF5Output")
+class HDF5OutputLayer(Layer):
+    """Writes bottom 0 and bottom 1 into the HDF5 file ``hdf5_output_param.file_name`` as the datasets ``data``
+    and ``label`` (Caffe's HDF5OutputLayer).
+
+    As in Caffe the file is created (an existing one truncated) at setup, stays open while the layer lives and is
+    closed with it (or by :meth:`close`); each blob is stored with Caffe's 4-axis legacy shape (num, channels,
+    height, width) in the blob's dtype. Caffe writes the datasets once and fails on a second forward pass; pcn
+    appends each pass's rows to them and flushes the file, so it can be read while the net runs. No gradient.
+    """
+
+    exact_num_bottom = 2
+    exact_num_top = 0
+    dataset_names = ("data", "label")
+
+    def setup(self, bottom, top):
+        import h5py
+
+        self.file_name = self.layer_param.hdf5_output_param.file_name
+        if not self.file_name:
+            raise NetError("layer %r (HDF5Output): hdf5_output_param.file_name is empty; give the .h5 file to "
+                           "write" % self.name)
+        try:
+            self._file = h5py.File(self.file_name, "w")
+        except OSError as e:
+            raise NetError("layer %r (HDF5Output): failed to create HDF5 file %s: %s (is it open elsewhere, e.g. "
+                           "by another HDF5Output layer?)" % (self.name, self.file_name, e)) from None
+        self._closer = weakref.finalize(self, self._file.close)
+        self.rows = 0
+
+    def close(self) -> None:
+        """Closes the file (Caffe closes it in the layer's destructor); later forward passes are errors."""
+        self._closer()
+
+    def _legacy_shape(self, i: int, blob) -> tuple:
+        shape = tuple(blob.shape)
+        if len(shape) > 4:
+            raise NetError("layer %r (HDF5Output): bottom %r has %d axes %s; HDF5Output writes blobs of at most 4 "
+                           "axes (Caffe's num, channels, height, width)"
+                           % (self.name, self.layer_param.bottom[i], len(shape), shape))
+        return shape + (1,) * (4 - len(shape))
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        from ..backend import to_numpy
+
+        if not self._closer.alive:
+            raise NetError("layer %r (HDF5Output): %s was closed; build the net again to write more"
+                           % (self.name, self.file_name))
+        shapes = [self._legacy_shape(i, b) for i, b in enumerate(bottom)]
+        if shapes[0][0] != shapes[1][0]:
+            raise NetError("layer %r (HDF5Output): data and label bottoms must have the same batch size, got %d "
+                           "and %d" % (self.name, shapes[0][0], shapes[1][0]))
+        for i, (name, shape) in enumerate(zip(self.dataset_names, shapes)):
+            ds = self._file.get(name)
+            if ds is not None and ds.shape[1:] != shape[1:]:  # checked before anything is written
+                raise self.shape_error("bottom %r (one row of dataset %r)" % (self.layer_param.bottom[i], name),
+                                       shape[1:], ds.shape[1:])
+        log.info("Saving HDF5 file %s", self.file_name)
+        for name, b, shape in zip(self.dataset_names, bottom, shapes):
+            arr = to_numpy(b.data).reshape(shape)
+            ds = self._file.get(name)
+            if ds is None:
+                ds = self._file.create_dataset(name, shape=(0,) + shape[1:], maxshape=(None,) + shape[1:],
+                                               dtype=arr.dtype, chunks=True)
+            n = ds.shape[0]
+            ds.resize(n + shape[0], axis=0)
+            ds[n:] = arr
+        self._file.flush()
+        self.rows += shapes[0][0]
+        log.info("Successfully saved %d rows", shapes[0][0])
+
+    def backward(self, top, propagate_down, bottom):
+        pass  # Caffe's HDF5Output has no gradient and ignores backward requests
