@@ -12,6 +12,25 @@ from .base import Layer, register
 from .common import scatter_add_rows
 
 
+def _weight_and_bias(layer: Layer, bottom: Blob, weight_shape, p, context: str = "") -> None:
+    """Checks the weight (and, with ``bias_term``, bias) blobs given by a prototxt or caffemodel, or creates and
+    fills them from ``p.weight_filler`` / ``p.bias_filler``."""
+    shapes = [tuple(weight_shape)] + ([(layer.num_output,)] if layer.bias_term else [])
+    if layer.blobs:
+        if len(layer.blobs) != len(shapes):
+            raise NetError("layer %r (%s): incorrect number of weight blobs: %d given, %d expected (bias_term %s)"
+                           % (layer.name, layer.type, len(layer.blobs), len(shapes), layer.bias_term))
+        for i, (blob, shape) in enumerate(zip(layer.blobs, shapes)):
+            if tuple(blob.shape) != shape:
+                raise layer.shape_error(("weight blob" if i == 0 else "bias blob") + context, blob.shape, shape)
+    else:
+        layer.blobs = [Blob(s, dtype=bottom.dtype, xp=bottom.xp) for s in shapes]
+        fill(layer.blobs[0], p.weight_filler)
+        if layer.bias_term:
+            fill(layer.blobs[1], p.bias_filler)
+    layer.param_propagate_down = [True] * len(layer.blobs)
+
+
 @register("InnerProduct")
 class InnerProductLayer(Layer):
     """y = x W^T + b over the axes from ``axis`` on; W is (num_output, K), or (K, num_output) with transpose."""
@@ -31,22 +50,7 @@ class InnerProductLayer(Layer):
         self.axis = self._axis(b)
         self.k = b.count_range(self.axis)
         wshape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
-        shapes = [wshape] + ([(self.num_output,)] if self.bias_term else [])
-        if self.blobs:
-            if len(self.blobs) != len(shapes):
-                raise NetError("layer %r (InnerProduct): incorrect number of weight blobs: %d given, %d expected "
-                               "(bias_term %s)" % (self.name, len(self.blobs), len(shapes), self.bias_term))
-            for i, (blob, shape) in enumerate(zip(self.blobs, shapes)):
-                if tuple(blob.shape) != shape:
-                    raise self.shape_error("%s (bottom %s flattened from axis %d)"
-                                           % ("weight blob" if i == 0 else "bias blob", b.shape, self.axis),
-                                           blob.shape, shape)
-        else:
-            self.blobs = [Blob(s, dtype=b.dtype, xp=b.xp) for s in shapes]
-            fill(self.blobs[0], p.weight_filler)
-            if self.bias_term:
-                fill(self.blobs[1], p.bias_filler)
-        self.param_propagate_down = [True] * len(self.blobs)
+        _weight_and_bias(self, b, wshape, p, " (bottom %s flattened from axis %d)" % (b.shape, self.axis))
 
     def _axis(self, b: Blob) -> int:
         try:
@@ -112,20 +116,7 @@ class EmbedLayer(Layer):
         if self.input_dim <= 0:
             raise NetError("layer %r (Embed): embed_param.input_dim must be > 0" % self.name)
         self.bias_term = bool(p.bias_term)
-        shapes = [(self.input_dim, self.num_output)] + ([(self.num_output,)] if self.bias_term else [])
-        if self.blobs:
-            if len(self.blobs) != len(shapes):
-                raise NetError("layer %r (Embed): incorrect number of weight blobs: %d given, %d expected "
-                               "(bias_term %s)" % (self.name, len(self.blobs), len(shapes), self.bias_term))
-            for i, (blob, shape) in enumerate(zip(self.blobs, shapes)):
-                if tuple(blob.shape) != shape:
-                    raise self.shape_error("weight blob" if i == 0 else "bias blob", blob.shape, shape)
-        else:
-            self.blobs = [Blob(s, dtype=b.dtype, xp=b.xp) for s in shapes]
-            fill(self.blobs[0], p.weight_filler)
-            if self.bias_term:
-                fill(self.blobs[1], p.bias_filler)
-        self.param_propagate_down = [True] * len(self.blobs)
+        _weight_and_bias(self, b, (self.input_dim, self.num_output), p)
 
     def reshape(self, bottom, top):
         self.m = bottom[0].count
