@@ -8,8 +8,11 @@ Inputs should be float64 blobs (Caffe checks in float32 with looser thresholds; 
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf import text_format
 
 from pycaffe_norm.blob import Blob
+from pycaffe_norm.layers import create_layer
+from pycaffe_norm.proto import caffe_pb2
 
 
 def make_blob(array, dtype=np.float64) -> Blob:
@@ -17,6 +20,28 @@ def make_blob(array, dtype=np.float64) -> Blob:
     b = Blob(a.shape, dtype=dtype)
     b.data[...] = a
     return b
+
+
+def layer_from_text(text: str, phase: int = caffe_pb2.TRAIN, name: str = "l"):
+    """A layer built from the text of a LayerParameter without its name (``'type: "ReLU"'``)."""
+    p = caffe_pb2.LayerParameter()
+    text_format.Parse('name: "%s" ' % name + text, p)
+    return create_layer(p, phase)
+
+
+def run_layer(layer, inputs, n_tops: int = 1, top_diffs=None, propagate=None):
+    """Sets up and forwards ``layer`` on float64 blobs of ``inputs`` (reshaping first, as the Net does); with
+    ``top_diffs``, also runs backward. Returns (layer, bottom, top)."""
+    bottom = [make_blob(a) for a in inputs]
+    top = [Blob((), dtype=np.float64) for _ in range(n_tops)]
+    layer.initialize(bottom, top)
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    if top_diffs is not None:
+        for t, d in zip(top, top_diffs):
+            t.diff[...] = d
+        layer.backward(top, propagate if propagate is not None else [True] * len(bottom), bottom)
+    return layer, bottom, top
 
 
 class GradientChecker:

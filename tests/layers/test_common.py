@@ -13,32 +13,21 @@ from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError
 from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
-from tests.gradient_check import GradientChecker, make_blob
+from tests.gradient_check import GradientChecker, layer_from_text, make_blob, run_layer
 
 TRAIN = caffe_pb2.TRAIN
 
 
 def make_layer(text: str, phase=TRAIN):
-    p = caffe_pb2.LayerParameter()
-    text_format.Parse('name: "s" ' + text, p)
-    return create_layer(p, phase)
+    return layer_from_text(text, phase, name="s")
+
+
+def run(text, inputs, n_tops=1, top_diffs=None, propagate=None):
+    return run_layer(make_layer(text), inputs, n_tops, top_diffs, propagate)
 
 
 def gaussian(shape, seed=3):
     return np.random.RandomState(seed).randn(*shape)
-
-
-def run(text, inputs, n_tops=1, top_diffs=None, propagate=None):
-    layer = make_layer(text)
-    bottom = [make_blob(a) for a in inputs]
-    top = [Blob((), dtype=np.float64) for _ in range(n_tops)]
-    layer.initialize(bottom, top)
-    layer.forward(bottom, top)
-    if top_diffs is not None:
-        for t, d in zip(top, top_diffs):
-            t.diff[...] = d
-        layer.backward(top, propagate or [True] * len(bottom), bottom)
-    return layer, bottom, top
 
 
 def grad_check(text, inputs, n_tops=1, **kw):

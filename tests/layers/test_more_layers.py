@@ -13,33 +13,19 @@ import pycaffe_norm as caffe
 from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError, ShapeError
 from pycaffe_norm.io.arrays import array_to_blobproto
-from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
-from tests.gradient_check import GradientChecker, make_blob
+from tests.gradient_check import GradientChecker, layer_from_text, make_blob, run_layer
 
 TRAIN = caffe_pb2.TRAIN
 LN2 = math.log(2.0)
 
 
-def make_layer(text: str):
-    p = caffe_pb2.LayerParameter()
-    text_format.Parse('name: "l" ' + text, p)
-    return create_layer(p, TRAIN)
+def make_layer(text: str, phase=TRAIN):
+    return layer_from_text(text, phase, name="l")
 
 
 def run(text, inputs, n_tops=1, top_diffs=None, propagate=None):
-    """Builds and forwards a layer on float64 blobs; with ``top_diffs``, also runs backward."""
-    layer = make_layer(text)
-    bottom = [make_blob(a) for a in inputs]
-    top = [Blob((), dtype=np.float64) for _ in range(n_tops)]
-    layer.initialize(bottom, top)
-    layer.reshape(bottom, top)
-    layer.forward(bottom, top)
-    if top_diffs is not None:
-        for t, d in zip(top, top_diffs):
-            t.diff[...] = d
-        layer.backward(top, propagate if propagate is not None else [True] * len(bottom), bottom)
-    return layer, bottom, top
+    return run_layer(make_layer(text), inputs, n_tops, top_diffs, propagate)
 
 
 def grad_check(text, inputs, step, threshold, n_tops=1, **kw):
