@@ -13,7 +13,7 @@ from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError, ShapeError
 from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
-from tests.gradient_check import GradientChecker, make_blob
+from tests.gradient_check import GradientChecker, layer_from_text, make_blob
 
 TRAIN = caffe_pb2.TRAIN
 REF = pathlib.Path(__file__).resolve().parent.parent / "reference"
@@ -21,9 +21,7 @@ GAUSS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian
 
 
 def make_layer(text: str):
-    p = caffe_pb2.LayerParameter()
-    text_format.Parse('name: "ip" type: "InnerProduct" ' + text, p)
-    return create_layer(p, TRAIN)
+    return layer_from_text('type: "InnerProduct" ' + text, name="ip")
 
 
 def setup_layer(text, x, dtype=np.float64):

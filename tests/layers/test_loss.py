@@ -3,22 +3,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
 from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError
-from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
-from tests.gradient_check import GradientChecker, make_blob
+from tests.gradient_check import GradientChecker, layer_from_text, make_blob
 
 TRAIN = caffe_pb2.TRAIN
 FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
 def make_layer(text: str):
-    p = caffe_pb2.LayerParameter()
-    text_format.Parse('name: "loss" ' + text, p)
-    return create_layer(p, TRAIN)
+    return layer_from_text(text, name="loss")
 
 
 def gaussian(shape, seed=3, scale=1.0):

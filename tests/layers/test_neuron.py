@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
 import pycaffe_norm
 import pycaffe_norm.random
 from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError
-from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
-from tests.gradient_check import GradientChecker, make_blob
+from tests.gradient_check import GradientChecker, layer_from_text, make_blob
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
@@ -25,9 +23,7 @@ def _restore_pcn_rng():
 
 
 def make_layer(text: str, phase=TRAIN):
-    p = caffe_pb2.LayerParameter()
-    text_format.Parse('name: "n" ' + text, p)
-    return create_layer(p, phase)
+    return layer_from_text(text, phase, name="n")
 
 
 def gaussian(shape, seed=3, scale=1.0):
