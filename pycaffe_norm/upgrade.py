@@ -179,9 +179,10 @@ def _pcn_type(type_name: str) -> str:
     known = layer_type_list()
     if type_name in known:
         return type_name
-    if type_name in MYCAFFE_TYPE_NAMES and MYCAFFE_TYPE_NAMES[type_name] in known:
-        return MYCAFFE_TYPE_NAMES[type_name]
     key = type_name.lower().replace("_", "")
+    for name, pcn_name in MYCAFFE_TYPE_NAMES.items():
+        if name.lower().replace("_", "") == key and pcn_name in known:
+            return pcn_name
     for name in known:
         if name not in _NOT_MYCAFFE_EQUIVALENT and name.lower().replace("_", "") == key:
             return name
