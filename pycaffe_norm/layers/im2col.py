@@ -28,6 +28,8 @@ class Workspace:
 
     def __init__(self) -> None:
         self._bufs: dict = {}
+        # what the "col" buffer holds when forward's columns may serve the backward pass: (key, "xseen" copy)
+        self._cols_of = None
 
     def get(self, key: str, shape: Sequence[int], dtype, xp):
         shape = tuple(int(s) for s in shape)
@@ -40,6 +42,23 @@ class Workspace:
 
     def clear(self) -> None:
         self._bufs.clear()
+        self._cols_of = None
+
+    def keep_cols(self, key: tuple, x) -> None:
+        """Records that the "col" buffer holds the columns of ``x`` (copied aside, to check it is unchanged)."""
+        seen = self.get("xseen", x.shape, x.dtype, _xp(x))
+        seen[...] = x
+        self._cols_of = key
+
+    def take_cols(self, key: tuple, x) -> bool:
+        """True when the "col" buffer still holds the columns of ``x``, bit for bit; the claim is used up."""
+        kept, self._cols_of = self._cols_of, None
+        if kept != key:
+            return False
+        return _same_bits(self.get("xseen", x.shape, x.dtype, _xp(x)), x)
+
+    def drop_cols(self) -> None:
+        self._cols_of = None
 
 
 class ConvGeometry:
@@ -185,6 +204,19 @@ def _xp(a):
     return array_module(a)
 
 
+def _same_bits(a, b) -> bool:
+    """Bitwise equality (NaN payloads and the sign of zero included), so a kept result is exactly a recomputed one."""
+    utype = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(np.dtype(a.dtype).itemsize)
+    if utype is None or not a.flags.c_contiguous or not b.flags.c_contiguous:
+        return False
+    return bool(_xp(a).array_equal(a.view(utype), b.view(utype)))
+
+
+def _cols_key(x, w, geom: ConvGeometry, group: int, bl: bool) -> tuple:
+    return (x.shape, np.dtype(x.dtype).str, w.shape, group, bl, geom.in_shape, geom.out_shape, geom.kernel,
+            geom.stride, geom.pad, geom.dilation)
+
+
 def _chunks(n: int, per_image: int):
     step = max(1, MAX_COL_ELEMENTS // max(per_image, 1))
     for n0 in range(0, n, step):
@@ -199,12 +231,17 @@ def conv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -
     m = w.shape[0]
     bl = choose_batch_last(n, c, m, geom)
     wg = w.reshape(group, m // group, -1)
-    for n0, n1 in _chunks(n, c * geom.kernel_count * geom.out_count):
+    chunks = list(_chunks(n, c * geom.kernel_count * geom.out_count))
+    for n0, n1 in chunks:
         nb = n1 - n0
         col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
         rows = ws.get("rows", (group, m // group, nb * geom.out_count), x.dtype, xp)
         xp.matmul(wg, col.reshape(group, -1, col.shape[1]), out=rows)
         from_rows(rows.reshape(m, -1), y[n0:n1], bl, bias)
+    if len(chunks) == 1:  # the columns of the whole batch stay in "col": the weight gradient can reuse them
+        ws.keep_cols(_cols_key(x, w, geom, group, bl), x)
+    else:
+        ws.drop_cols()
 
 
 def conv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
@@ -218,13 +255,21 @@ def conv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
     wg = w.reshape(group, mg, -1)
     if db is not None:
         db += dy.reshape(n, m, -1).sum(axis=(0, 2))
-    if dw is None and dx is None:
-        return
+    if dw is None:
+        ws.drop_cols()  # dx's GEMM overwrites "col"
+        if dx is None:
+            return
+    # forward's columns, when "col" still holds those of this very input (one chunk, x unchanged since)
+    kept = ws.take_cols(_cols_key(x, w, geom, group, bl), x)
     for n0, n1 in _chunks(n, c * geom.kernel_count * geom.out_count):
         nb = n1 - n0
         rows = to_rows(dy[n0:n1], bl, ws, "rows").reshape(group, mg, -1)
         if dw is not None:
-            col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
+            if kept:
+                shape = (c,) + geom.kernel + (geom.out_shape + (nb,) if bl else (nb,) + geom.out_shape)
+                col = ws.get("col", shape, x.dtype, xp).reshape(c * geom.kernel_count, nb * geom.out_count)
+            else:
+                col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
             col = col.reshape(group, -1, col.shape[1])
             dw += xp.matmul(rows, col.transpose(0, 2, 1)).reshape(dw.shape)
         if dx is not None:

@@ -281,6 +281,45 @@ def test_convolution_param_diff_accumulates_and_propagate_down_false(layout):
     np.testing.assert_allclose(layer.blobs[1].diff, 3 * first[1], rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_convolution_backward_reuses_forward_columns_only_for_unchanged_input(layout, dtype, monkeypatch):
+    """The weight gradient may reuse forward's columns; a bottom changed since forward (or a second backward, after
+    the data gradient overwrote the columns) must give exactly the gradient computed from scratch."""
+    text = 'type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 pad: 1 %s }' % GAUSS
+    x, x2, dy = gaussian((3, 2, 5, 5), 1), gaussian((3, 2, 5, 5), 2), gaussian((3, 3, 5, 5), 3)
+    calls = []
+    real_im2col = ic.im2col
+    monkeypatch.setattr(ic, "im2col", lambda *a, **k: calls.append(1) or real_im2col(*a, **k))
+
+    def grads(layer, b, t, xb):
+        for p in layer.blobs:
+            p.diff[...] = 0
+        b[0].data[...] = xb
+        t[0].diff[...] = dy
+        layer.backward(t, [True], b)
+        return [b[0].diff.copy()] + [p.diff.copy() for p in layer.blobs]
+
+    layer, b, t = setup_layer(text, x, dtype=dtype)
+    fresh, bf, tf = setup_layer(text, x2, dtype=dtype)
+    for p, q in zip(fresh.blobs, layer.blobs):
+        p.data[...] = q.data
+    fresh.forward(bf, tf)
+    ref2 = grads(fresh, bf, tf, x2)           # recomputed columns of x2 (fresh's own forward saw x2)
+    layer.forward(b, t)
+    n_calls = len(calls)
+    ref = grads(layer, b, t, x)               # forward's columns of x
+    assert len(calls) == n_calls              # reused, not rebuilt
+    again = grads(layer, b, t, x)             # columns overwritten by dx's GEMM: recomputed
+    layer.forward(b, t)
+    changed = grads(layer, b, t, x2)          # bottom changed after forward: recomputed from x2
+    for a, c in zip(ref, again):
+        np.testing.assert_array_equal(a, c)
+    for a, c in zip(ref2, changed):
+        np.testing.assert_array_equal(a, c)
+    for p in layer.blobs:
+        assert p.diff.dtype == dtype
+
+
 def test_convolution_batch_chunking_gives_same_result(monkeypatch, layout):
     x = gaussian((5, 3, 6, 6))
     text = 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 1 %s }' % GAUSS
