@@ -331,6 +331,18 @@ class PoolingLayer(Layer):
             area = np.maximum(np.outer(sizes[0], sizes[1]), 1)  # an empty window (stride > kernel) sums to 0
             self._area = b.xp.asarray(area, dtype=b.dtype)
 
+    def _first_touch(self) -> List[bool]:
+        """Per window (scan order): whether no earlier window covers any position it covers."""
+        key = (self.kernel, self.stride, self.out)
+        if getattr(self, "_first_key", None) != key:
+            first = []
+            for k, (i, j, _) in enumerate(self._windows):
+                first.append(not any(_axis_overlap(i, i2, self.stride[0], self.out[0]) and
+                                     _axis_overlap(j, j2, self.stride[1], self.out[1])
+                                     for i2, j2, _ in self._windows[:k]))
+            self._first, self._first_key = first, key
+        return self._first
+
     def _padded_input(self, x, fill_value):
         if not self._needs_pad:
             return x
@@ -372,18 +384,31 @@ class PoolingLayer(Layer):
             wins = self._windows
             itype = np.int8 if len(wins) < 127 else np.int32
             arg = self._ws.get("arg", y.shape, itype, xp)
-            better = self._ws.get("better", y.shape, np.bool_, xp)
-            step = self._ws.get("step", y.shape, itype, xp)
-            y[...] = xpad[wins[0][2]]
-            arg.fill(0)
-            for k, (_, _, sl) in enumerate(wins[1:], 1):
-                v = xpad[sl]
-                xp.greater(v, y, out=better)  # strict: ties keep the earlier offset, as Caffe's scan
-                xp.maximum(y, v, out=y)
-                # arg = better ? k : arg, in arithmetic (much faster than a masked copy)
-                xp.subtract(itype(k), arg, out=step)
-                xp.multiply(step, better, out=step)
-                xp.add(arg, step, out=arg)
+            if len(wins) == 1:
+                y[...] = xpad[wins[0][2]]
+                arg.fill(0)
+            else:
+                better = self._ws.get("better", y.shape, np.bool_, xp)
+                step = self._ws.get("step", y.shape, itype, xp)
+                # The running max alternates between y and a spare buffer (the last write lands in y), so that
+                # "did window k raise it" compares two contiguous arrays, new > old (the same as window > old,
+                # NaN included) instead of reading the strided window a second time.
+                spare = self._ws.get("ymax", y.shape, y.dtype, xp)
+                bufs = (y, spare) if len(wins) % 2 == 0 else (spare, y)
+                v0, v1 = xpad[wins[0][2]], xpad[wins[1][2]]
+                xp.greater(v1, v0, out=better)  # strict: ties keep the earlier offset, as Caffe's scan
+                cur = bufs[0]
+                xp.maximum(v0, v1, out=cur)
+                arg[...] = better
+                for k, (_, _, sl) in enumerate(wins[2:], 2):
+                    new = bufs[(k - 1) % 2]
+                    xp.maximum(cur, xpad[sl], out=new)
+                    xp.greater(new, cur, out=better)
+                    # arg = better ? k : arg, in arithmetic (much faster than a masked copy)
+                    xp.subtract(itype(k), arg, out=step)
+                    xp.multiply(step, better, out=step)
+                    xp.add(arg, step, out=arg)
+                    cur = new
             self._arg = arg
             if len(top) > 1:
                 oi = xp.asarray([i for i, _, _ in wins], dtype=np.int64)[arg]
@@ -417,11 +442,11 @@ class PoolingLayer(Layer):
                 return
             buf = self._grad_buffer(dx)
             hit = self._ws.get("better", dy.shape, np.bool_, xp)
-            disjoint = all(s >= k for s, k in zip(self.stride, self.kernel))
-            tmp = None if disjoint else self._ws.get("tmp", dy.shape, dy.dtype, xp)
+            first = self._first_touch()
+            tmp = None if all(first) else self._ws.get("tmp", dy.shape, dy.dtype, xp)
             for k, (_, _, sl) in enumerate(self._windows):
                 xp.equal(self._arg, k, out=hit)
-                if disjoint:  # windows do not overlap: each position receives from one output at most
+                if first[k]:  # no earlier window reaches these positions: write instead of adding to zero
                     xp.multiply(dy, hit, out=buf[sl])
                 else:
                     xp.multiply(dy, hit, out=tmp)
@@ -522,6 +547,12 @@ class SPPLayer(Layer):
             else:
                 total += bottom[0].diff
         bottom[0].diff[...] = total
+
+def _axis_overlap(a: int, b: int, stride: int, out: int) -> bool:
+    """Whether offsets ``a`` and ``b`` of a window reach a common position {a + stride*o} = {b + stride*o'} along
+    an axis with ``out`` outputs."""
+    return (a - b) % stride == 0 and abs(a - b) // stride < out
+
 
 def _xp(a):
     return ic._xp(a)

@@ -523,6 +523,30 @@ def test_max_pooling_ties_pick_first_in_scan_order():
     np.testing.assert_array_equal(b[0].diff[0, 0], expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["max_ceil", "max_pad", "max_rect", "max_overlap_s1", "max_k2s2"])
+def test_max_pooling_ties_mask_and_gradient_match_caffe_loops(mode, dtype):
+    """Many ties (small integers): the max, the argmax (first maximum in h-major scan order, the mask top) and the
+    gradient (scattered to the argmax, overlapping windows summed) equal Caffe's loops exactly."""
+    text, shape, k, s, p, ceil = POOL_MODES[mode]
+    x = np.random.RandomState(4).randint(-2, 2, size=(3,) + shape[1:]).astype(dtype)
+    layer, b, t = setup_layer('type: "Pooling" pooling_param { %s }' % text, x, dtype=dtype, ntop=2)
+    layer.forward(b, t)
+    ref, mask = pool_direct(x.astype(np.float64), "MAX", k, s, p, ceil)
+    np.testing.assert_array_equal(t[0].data, ref)
+    np.testing.assert_array_equal(t[1].data, mask)
+    dy = np.random.RandomState(5).randint(1, 9, size=t[0].shape).astype(dtype)
+    t[0].diff[...] = dy
+    layer.backward(t, [True], b)
+    expected = np.zeros(x.shape)
+    for n, c in itertools.product(range(x.shape[0]), range(x.shape[1])):
+        flat = expected[n, c].reshape(-1)
+        for i, m in np.ndenumerate(mask[n, c]):
+            flat[int(m)] += dy[n, c][i]
+    np.testing.assert_array_equal(b[0].diff, expected)
+    assert b[0].diff.dtype == dtype
+
+
 def test_max_pooling_overlapping_windows_accumulate_gradient():
     x = np.zeros((1, 1, 3, 3))
     x[0, 0, 1, 1] = 1.0  # the centre is the max of all four 2x2 windows
