@@ -1,7 +1,6 @@
 """tools/convert_imageset.py and tools/make_mnist_lmdb.py: the LMDBs they write read back through the Data layer."""
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -9,18 +8,13 @@ import pytest
 
 import pycaffe_norm as caffe
 from pycaffe_norm.proto import caffe_pb2
+from tests.support import load_tool
 
 lmdb = pytest.importorskip("lmdb")
 Image = pytest.importorskip("PIL.Image")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / ("%s.py" % name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def records(db):

@@ -1,7 +1,6 @@
 """tools/compute_image_mean.py, tools/draw_net.py and tools/extract_features.py on tiny inputs."""
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 import shutil
@@ -14,25 +13,12 @@ import pytest
 import pycaffe_norm as caffe
 from pycaffe_norm.io.arrays import blobproto_to_array
 from pycaffe_norm.proto import caffe_pb2
+from tests.support import load_tool
+from tests.support import write_lmdb as write_db
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / ("%s.py" % name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_db(path, datums):
-    lmdb = pytest.importorskip("lmdb")
-    env = lmdb.open(str(path), map_size=1 << 22)
-    with env.begin(write=True) as txn:
-        for i, d in enumerate(datums):
-            txn.put(("%08d" % i).encode(), d.SerializeToString())
-    env.close()
-    return str(path)
 
 
 # --- compute_image_mean ----------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 computation of Caffe's semantics."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import pathlib
 
@@ -15,6 +14,8 @@ from pycaffe_norm.data.transformer import DataTransformer, decode_image, resize_
 from pycaffe_norm.errors import NetError, PcnError
 from pycaffe_norm.io.arrays import array_to_blobproto
 from pycaffe_norm.proto import caffe_pb2
+from tests.support import load_tool
+from tests.support import write_lmdb as write_db
 
 lmdb = pytest.importorskip("lmdb")
 Image = pytest.importorskip("PIL.Image")
@@ -25,14 +26,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def transformer(text: str, phase=caffe.TRAIN) -> DataTransformer:
     return DataTransformer(text_format.Parse(text, caffe_pb2.TransformationParameter()), phase)
 
-
-def write_db(path, datums) -> str:
-    env = lmdb.open(str(path), map_size=1 << 24)
-    with env.begin(write=True) as txn:
-        for i, d in enumerate(datums):
-            txn.put(("%08d" % i).encode(), d.SerializeToString())
-    env.close()
-    return str(path)
 
 
 def raw_datums(n=10, shape=(2, 3, 4)):
@@ -348,12 +341,6 @@ def test_memory_data_serves_set_input_arrays_in_order(tmp_path):
 
 
 # --- LeNet on an LMDB of bundled digits ----------------------------------------------------------------------
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / ("%s.py" % name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_lenet_trains_from_lmdb_of_bundled_digits(tmp_path, caplog):
     import h5py
