@@ -259,9 +259,11 @@ def conv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
         ws.drop_cols()  # dx's GEMM overwrites "col"
         if dx is None:
             return
-    # forward's columns, when "col" still holds those of this very input (one chunk, x unchanged since)
-    kept = ws.take_cols(_cols_key(x, w, geom, group, bl), x)
-    for n0, n1 in _chunks(n, c * geom.kernel_count * geom.out_count):
+    # forward's columns, when "col" still holds those of this very input (one chunk, x unchanged since) and this
+    # pass is one chunk too (MAX_COL_ELEMENTS may have been lowered since forward)
+    chunks = list(_chunks(n, c * geom.kernel_count * geom.out_count))
+    kept = ws.take_cols(_cols_key(x, w, geom, group, bl), x) and len(chunks) == 1
+    for n0, n1 in chunks:
         nb = n1 - n0
         rows = to_rows(dy[n0:n1], bl, ws, "rows").reshape(group, mg, -1)
         if dw is not None:

@@ -337,6 +337,24 @@ def test_convolution_batch_chunking_gives_same_result(monkeypatch, layout):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
 
 
+def test_convolution_backward_chunk_cap_lowered_after_forward(monkeypatch, layout):
+    """Forward built the whole batch's columns in one chunk; when backward runs in chunks, they are not reused."""
+    x, dy = gaussian((5, 3, 6, 6)), gaussian((5, 4, 3, 3), 4)
+    text = 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 %s }' % GAUSS
+    results = []
+    for cap_in_forward in (60, 1 << 26):
+        monkeypatch.setattr(ic, "MAX_COL_ELEMENTS", cap_in_forward)
+        layer, b, t = setup_layer(text, x)
+        layer.blobs[0].data[...] = gaussian(layer.blobs[0].shape, 9)
+        layer.forward(b, t)
+        monkeypatch.setattr(ic, "MAX_COL_ELEMENTS", 60)  # one image per chunk
+        t[0].diff[...] = dy
+        layer.backward(t, [True], b)
+        results.append([b[0].diff.copy(), layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy()])
+    for a, c in zip(*results):
+        np.testing.assert_array_equal(a, c)
+
+
 def test_convolution_layout_heuristic():
     g1 = ic.ConvGeometry((28, 28), (24, 24), (5, 5), (1, 1), (0, 0), (1, 1))
     g2 = ic.ConvGeometry((12, 12), (8, 8), (5, 5), (1, 1), (0, 0), (1, 1))
