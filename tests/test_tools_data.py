@@ -95,3 +95,18 @@ def test_make_mnist_lmdb_matches_the_bundled_hdf5(tmp_path):
     with h5py.File(ROOT / "data" / "mnist" / "mnist_test.h5", "r") as f:
         np.testing.assert_array_equal(data, f["data"][:50])
         assert labels == f["label"][:50].astype(int).tolist()
+
+
+def test_a_failed_conversion_leaves_no_database(tmp_path):
+    tool = load_tool("convert_imageset")
+
+    def records_then_failure():
+        yield b"00000000", b"x"
+        raise tool.PcnError("bad record")
+
+    db = tmp_path / "db"
+    with pytest.raises(tool.PcnError, match="bad record"):
+        tool.write_lmdb(str(db), records_then_failure())
+    assert list(tmp_path.iterdir()) == []  # neither the database nor a temporary folder: a rerun can start afresh
+    assert tool.write_lmdb(str(db), iter([(b"k", b"v")])) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]

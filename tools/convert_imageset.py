@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import sys
+import tempfile
 from typing import Iterable, Tuple
 
 import numpy as np
@@ -30,13 +32,16 @@ _FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "tif": "T
 
 def write_lmdb(path: str, records: Iterable[Tuple[bytes, bytes]], commit_every: int = 1000) -> int:
     """Writes (key, value) pairs into a new LMDB folder ``path`` (it must not exist, as in Caffe); returns the
-    count. The map grows as needed, so no size has to be guessed."""
+    count. The map grows as needed, so no size has to be guessed. The records go into a temporary folder that is
+    renamed to ``path`` at the end, so a failed run leaves no half-written database to block the next one."""
     import lmdb
 
     if os.path.exists(path):
         raise PcnError("%s already exists; Caffe's tools refuse to overwrite a database, remove it first" % path)
-    os.makedirs(path)
-    env = lmdb.open(path, map_size=1 << 26, subdir=True, meminit=False)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp_" + os.path.basename(os.path.abspath(path)), dir=parent)
+    env = lmdb.open(tmp, map_size=1 << 26, subdir=True, meminit=False)
     pending, count = [], 0
 
     def flush():
@@ -49,16 +54,22 @@ def write_lmdb(path: str, records: Iterable[Tuple[bytes, bytes]], commit_every: 
             except lmdb.MapFullError:  # the aborted transaction is retried in a map twice as large
                 env.set_mapsize(env.info()["map_size"] * 2)
 
-    for key, value in records:
-        pending.append((key, value))
-        count += 1
-        if len(pending) == commit_every:
+    try:
+        for key, value in records:
+            pending.append((key, value))
+            count += 1
+            if len(pending) == commit_every:
+                flush()
+                pending = []
+                print("Processed %d files." % count, file=sys.stderr)
+        if pending:
             flush()
-            pending = []
-            print("Processed %d files." % count, file=sys.stderr)
-    if pending:
-        flush()
-    env.close()
+        env.close()
+        os.rename(tmp, path)
+    except BaseException:
+        env.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return count
 
 
