@@ -110,3 +110,13 @@ def test_a_failed_conversion_leaves_no_database(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the database nor a temporary folder: a rerun can start afresh
     assert tool.write_lmdb(str(db), iter([(b"k", b"v")])) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
+
+
+def test_convert_imageset_skips_unreadable_images_as_caffe(tmp_path, images, capsys):
+    (tmp_path / "img" / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "list.txt").write_text("0.png 5\nbad.png 9\nmissing.png 8\n1.png 4\n")
+    tool = load_tool("convert_imageset")
+    assert tool.main([str(tmp_path / "img") + "/", str(tmp_path / "list.txt"), str(tmp_path / "db")]) == 0
+    assert [k for k, _ in records(tmp_path / "db")] == ["00000000_0.png", "00000003_1.png"]  # keys keep line ids
+    err = capsys.readouterr().err
+    assert "Could not open or find file %s" % (tmp_path / "img" / "bad.png") in err and "missing.png" in err

@@ -136,10 +136,13 @@ def convert(root_folder: str, list_file: str, db_name: str, gray: bool = False, 
         for line_id, (name, label) in enumerate(lines):
             path = root_folder + name
             enc = encode_type or (os.path.splitext(name)[1][1:].lower() if encoded else "")
-            if not os.path.isfile(path):
-                print("Could not open or find file %s" % path, file=sys.stderr)  # skipped, as Caffe does
+            try:
+                if not os.path.isfile(path):
+                    raise PcnError("no such file")
+                datum = image_datum(path, label, resize_height, resize_width, not gray, enc)
+            except PcnError as e:  # missing or undecodable: skipped, as Caffe's ReadImageToDatum failing is
+                print("Could not open or find file %s (%s)" % (path, e), file=sys.stderr)
                 continue
-            datum = image_datum(path, label, resize_height, resize_width, not gray, enc)
             if check_size and not encoded:
                 if size[0] is None:
                     size[0] = len(datum.data)
