@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..blob import Blob
-from ..errors import NetError
+from ..errors import NetError, PcnError
 from ..io.arrays import load_binaryproto
 from ..proto import caffe_pb2
 from .base import Layer, register
@@ -452,7 +452,11 @@ class InfogainLossLayer(SoftmaxWithLossLayer):
             if not p.HasField("source"):
                 raise NetError("layer %r (InfogainLoss): give the infogain matrix as a third bottom or as "
                                "infogain_loss_param.source (a .binaryproto file)" % self.name)
-            self.H = bottom[0].xp.asarray(load_binaryproto(p.source), dtype=bottom[0].dtype)
+            try:
+                H = load_binaryproto(p.source)
+            except PcnError as e:  # name the layer and field, not only the file
+                raise NetError("layer %r (InfogainLoss): infogain_loss_param.source: %s" % (self.name, e)) from None
+            self.H = bottom[0].xp.asarray(H, dtype=bottom[0].dtype)
         self.prob = Blob(bottom[0].shape, dtype=bottom[0].dtype, xp=bottom[0].xp)
 
     def _matrix(self, bottom):

@@ -408,6 +408,8 @@ def test_infogain_errors():
         run('type: "InfogainLoss" loss_param { normalize: true }', [IX, IL, IH])
     with pytest.raises(NetError, match="'l'.*label value 3 is outside \\[0, 3\\)"):
         run('type: "InfogainLoss"', [IX, [0, 3], IH])
+    with pytest.raises(NetError, match="'l' \\(InfogainLoss\\): infogain_loss_param.source: .*not found"):
+        run('type: "InfogainLoss" infogain_loss_param { source: "/no/such/H.binaryproto" }', [IX, IL])
 
 
 # --- ContrastiveLoss ---------------------------------------------------------------------------------------------
