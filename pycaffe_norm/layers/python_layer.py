@@ -22,9 +22,9 @@ from ..errors import NetError
 from ..proto import caffe_pb2
 from .base import TRAIN, Layer, register
 
-# Dotted Python identifiers only: a relative or malformed name would give a confusing importlib error.
 logger = logging.getLogger("pycaffe_norm")
 
+# Dotted Python identifiers only: a relative or malformed name would give a confusing importlib error.
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 
 

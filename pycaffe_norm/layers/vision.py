@@ -463,7 +463,6 @@ class PoolingLayer(Layer):
             self._finish_grad(buf, dx)
 
 
-
 @register("SPP")
 class SPPLayer(Layer):
     """Spatial pyramid pooling: level l pools (N, C, H, W) into 2^l x 2^l bins with Caffe's Pooling (kernel
@@ -547,6 +546,7 @@ class SPPLayer(Layer):
             else:
                 total += bottom[0].diff
         bottom[0].diff[...] = total
+
 
 def _axis_overlap(a: int, b: int, stride: int, out: int) -> bool:
     """Whether offsets ``a`` and ``b`` of a window reach a common position {a + stride*o} = {b + stride*o'} along
