@@ -199,9 +199,11 @@ def resize_uint8(chw: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8).transpose(2, 0, 1).copy()
 
 
-def read_image(path: str, height: int = 0, width: int = 0, color: Optional[bool] = True) -> np.ndarray:
-    """Caffe's ReadImageToCVMat: decode ``path`` and resize when both ``height`` and ``width`` are > 0."""
-    img = decode_image(path, color, what=path)
+def read_image(path: str, height: int = 0, width: int = 0, color: Optional[bool] = True,
+               what: Optional[str] = None) -> np.ndarray:
+    """Caffe's ReadImageToCVMat: decode ``path`` and resize when both ``height`` and ``width`` are > 0.
+    ``what`` names the image in errors (default: the path)."""
+    img = decode_image(path, color, what=what or path)
     if height > 0 and width > 0:
         img = resize_uint8(img, height, width)
     return img

@@ -525,7 +525,8 @@ class ImageDataLayer(_TransformingDataLayer):
         if path is None:
             raise NetError("layer %r (ImageData): could not load %s (listed in %s): file not found"
                            % (self.name, name, self.source))
-        return read_image(path, self.new_size[0], self.new_size[1], self.is_color)
+        where = "layer %r (ImageData): %s (listed in %s)" % (self.name, name, self.source)
+        return read_image(path, self.new_size[0], self.new_size[1], self.is_color, what=where)
 
     def _reset(self) -> None:
         self._rng = np.random.RandomState(self._seed)

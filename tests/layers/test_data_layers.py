@@ -311,6 +311,10 @@ def test_image_data_errors(tmp_path):
     (tmp_path / "list.txt").write_text("missing.png 1\n")
     with pytest.raises(NetError, match="could not load .*missing.png"):
         net(tmp_path, image_layer(tmp_path))
+    (tmp_path / "img" / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "list.txt").write_text("bad.png 1\n")
+    with pytest.raises(NetError, match=r"layer 'd' \(ImageData\): .*bad.png \(listed in .*list.txt\): cannot decode"):
+        net(tmp_path, image_layer(tmp_path))
 
 
 # --- MemoryData --------------------------------------------------------------------------------------------
