@@ -175,6 +175,11 @@ def test_load_image_errors(tmp_path, monkeypatch):
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(PcnError, match="text.png"):
         load_image(str(tmp_path / "text.png"))
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (32, 32, 3)).astype(np.uint8)).save(tmp_path / "t.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "t.png").read_bytes()[:300])  # a truncated download
+    with pytest.raises(PcnError, match="cut.png.*truncated"):
+        load_image(str(tmp_path / "cut.png"))
     monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
     with pytest.raises(ImportError, match=r"pip install pycaffe_norm\[image\]"):
         load_image(missing)

@@ -140,7 +140,7 @@ def load_image(filename: str, color: bool = True) -> np.ndarray:
     ``color=False`` are converted with skimage's rgb2gray weights, as pycaffe does.
     """
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
     except ImportError:
         raise ImportError("load_image needs Pillow: pip install pycaffe_norm[image]") from None
     filename = os.fspath(filename)
@@ -149,8 +149,8 @@ def load_image(filename: str, color: bool = True) -> np.ndarray:
     try:
         with Image.open(filename) as im:
             img = _pil_to_float(im)
-    except UnidentifiedImageError:
-        raise PcnError("load_image: %r is not an image file Pillow can read" % filename) from None
+    except OSError as e:  # not an image (PIL.UnidentifiedImageError), truncated or corrupt
+        raise PcnError("load_image: %r is not an image file Pillow can read: %s" % (filename, e)) from None
     if img.ndim == 3 and img.shape[2] == 4:  # RGBA -> RGB, as pycaffe (no compositing)
         img = img[:, :, :3]
     if img.ndim == 3 and not color:
