@@ -528,7 +528,12 @@ class Net:
         for name in arrays:
             if name not in self._blob_index:
                 raise PcnError("net %r has no blob %r" % (self.name, name))
-        sizes = {n: self._blobs[self._blob_index[n]].shape[0] for n in arrays}
+        shapes = {n: tuple(self._blobs[self._blob_index[n]].shape) for n in arrays}
+        for name, shape in shapes.items():
+            if not shape:
+                raise ShapeError("batched run: blob %r has shape () with no batch axis (a loss?); only blobs with "
+                                 "a batch axis can be fed per sample" % name)
+        sizes = {n: shape[0] for n, shape in shapes.items()}
         lengths = {n: len(v) for n, v in arrays.items()}
         if len(set(sizes.values())) != 1 or len(set(lengths.values())) != 1:
             raise ShapeError("batched run: the blobs' batch sizes %s and the arrays' lengths %s must each agree"

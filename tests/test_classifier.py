@@ -80,6 +80,17 @@ def test_forward_backward_all_matches_per_sample_backward():
         net.forward_backward_all(data=x, ip=d)
 
 
+def test_batched_runs_refuse_a_blob_without_a_batch_axis():
+    text = DEPLOY.replace('type: "Softmax" bottom: "ip"', 'type: "SoftmaxWithLoss" bottom: "ip" bottom: "label"')
+    text = text.replace('top: "data" input_param { shape { dim: 3 dim: 3 dim: 4 dim: 4 } }',
+                        'top: "data" top: "label" '
+                        'input_param { shape { dim: 3 dim: 3 dim: 4 dim: 4 } shape { dim: 3 } }')
+    net = caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TEST)
+    assert net.blobs["prob"].shape == ()  # a loss: one value per batch, no batch axis
+    with pytest.raises(ShapeError, match=r"blob 'prob' has shape \(\) with no batch axis"):
+        net.forward_backward_all(data=np.zeros((5, 3, 4, 4)), label=np.zeros(5), prob=np.ones(5))
+
+
 # --- Classifier -------------------------------------------------------------------------------------------
 @pytest.fixture()
 def model(tmp_path):
