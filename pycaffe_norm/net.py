@@ -449,11 +449,14 @@ class Net:
             if self.layer_need_backward[i]:
                 self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
 
+    def _named_blob(self, name: str) -> Blob:
+        if name not in self._blob_index:
+            raise PcnError("net %r has no blob %r" % (self.name, name))
+        return self._blobs[self._blob_index[name]]
+
     def _set_inputs(self, kwargs, diff: bool = False) -> None:
         for name, value in kwargs.items():
-            if name not in self._blob_index:
-                raise PcnError("net %r has no blob %r" % (self.name, name))
-            blob = self._blobs[self._blob_index[name]]
+            blob = self._named_blob(name)
             arr = blob.diff if diff else blob.data
             value = np.asarray(value) if not backend.is_gpu_array(value) else value
             if value.shape != arr.shape:
@@ -467,13 +470,16 @@ class Net:
 
         Returns {blob name: data} for the net outputs (or ``end``'s tops) plus ``blobs``.
         """
+        extra = list(blobs or [])
+        for name in extra:   # an unknown name fails before anything runs
+            self._named_blob(name)
         self._set_inputs(kwargs)
         s = self.layer_index(start) if start is not None else 0
         e = self.layer_index(end) if end is not None else len(self.layers) - 1
         self._forward(s, e)
         names = list(self.outputs) if end is None else list(self.layer_params[e].top)
-        names += [b for b in (blobs or []) if b not in names]
-        return {n: self._blobs[self._blob_index[n]].data for n in names}
+        names += [b for b in extra if b not in names]
+        return {n: self._named_blob(n).data for n in names}
 
     def backward(self, diffs: Optional[List[str]] = None, start: Optional[str] = None, end: Optional[str] = None,
                  **kwargs):
@@ -481,13 +487,16 @@ class Net:
 
         Returns {blob name: diff} for the net inputs (or ``end``'s bottoms) plus ``diffs``.
         """
+        extra = list(diffs or [])
+        for name in extra:   # an unknown name fails before anything runs
+            self._named_blob(name)
         self._set_inputs(kwargs, diff=True)
         s = self.layer_index(start) if start is not None else len(self.layers) - 1
         e = self.layer_index(end) if end is not None else 0
         self._backward(s, e)
         names = list(self.inputs) if end is None else list(self.layer_params[e].bottom)
-        names += [b for b in (diffs or []) if b not in names]
-        return {n: self._blobs[self._blob_index[n]].diff for n in names}
+        names += [b for b in extra if b not in names]
+        return {n: self._named_blob(n).diff for n in names}
 
     def forward_backward(self) -> float:
         """One forward and backward pass over the whole net; returns the loss."""

@@ -262,3 +262,13 @@ def test_no_in_place_warning_where_it_is_harmless(caplog):
         layer { name: "relu" type: "ReLU" bottom: "lrn" top: "lrn" }
         """)
     assert not [r for r in caplog.records if "in place" in r.getMessage()]
+
+
+def test_unknown_blob_names_in_forward_and_backward_are_clear_errors():
+    net = net_from(MLP, caffe.TRAIN)
+    for call in (lambda: net.forward(blobs=["nope"]), lambda: net.backward(diffs=["nope"]),
+                 lambda: net.forward(nope=np.zeros(3))):
+        with pytest.raises(PcnError, match="net 'mlp' has no blob 'nope'"):
+            call()
+    assert set(net.forward(blobs=["ip1"])) == {"loss", "ip1"}
+    assert set(net.backward(diffs=["ip1"])) == {"data", "label", "ip1"}
