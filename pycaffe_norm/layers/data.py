@@ -379,7 +379,13 @@ class DataLayer(_TransformingDataLayer):
         except ImportError:
             raise NetError("layer %r (Data): reading LMDB needs the 'lmdb' package: pip install lmdb"
                            % self.name) from None
-        key = os.path.realpath(path)
+        # The data file's identity is part of the key: a database rebuilt at the same path gets a fresh environment.
+        data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+        try:
+            st = os.stat(data_file)
+            key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = (os.path.realpath(path),)   # lmdb.open below reports what is wrong
         self._env = _LMDB_ENVS.get(key)
         if self._env is None:
             try:

@@ -376,3 +376,18 @@ def test_lenet_trains_from_lmdb_of_bundled_digits(tmp_path, caplog):
         losses.append(float(solver.net.blobs["loss"].data))
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses
     logging.getLogger("pycaffe_norm").debug("lenet lmdb losses %s", losses)
+
+
+def test_database_rebuilt_at_the_same_path_is_read_afresh(tmp_path):
+    import shutil
+
+    db = tmp_path / "db"
+    first = net(tmp_path, data_layer(write_db(db, raw_datums(4)), batch=4), name="a.prototxt")
+    first.forward()
+    np.testing.assert_array_equal(first.blobs["label"].data, [0, 1, 2, 3])
+    shutil.rmtree(db)
+    rebuilt = raw_datums(8)[4:]          # labels 4..7
+    write_db(db, rebuilt)
+    second = net(tmp_path, data_layer(str(db), batch=4), name="b.prototxt")   # `first` still holds the old one
+    second.forward()
+    np.testing.assert_array_equal(second.blobs["label"].data, [4, 5, 6, 7])
