@@ -143,13 +143,13 @@ def test_draw_net_escapes_names_and_needs_dot_for_images(tmp_path, capsys, monke
     net = caffe_pb2.NetParameter(name='q"uote')
     layer = net.layer.add(name='a|b{c}<d>\\e "f"', type="Input", top=['x"y'])
     layer.input_param.shape.add(dim=[1])
-    text = tool.net_to_dot(net)
+    text = caffe.draw.net_to_dot(net)
     check_dot_syntax(text)
     assert '[label="a\\|b\\{c\\}\\<d\\>\\\\e \\"f\\"\\n(Input)"' in text
     if shutil.which("dot"):
         subprocess.run(["dot", "-Tplain"], input=text.encode(), check=True, capture_output=True)
 
-    monkeypatch.setattr(tool.shutil, "which", lambda name: None)
+    monkeypatch.setattr(caffe.draw.shutil, "which", lambda name: None)
     proto = tmp_path / "net.prototxt"
     proto.write_text(NET)
     assert tool.main([str(proto), str(tmp_path / "net.png")]) == 2
@@ -208,3 +208,11 @@ def test_extract_features_stores_every_batch(tmp_path, capsys):
                       "--out", str(tmp_path / "x.h5")]) == 2
     assert "Unknown feature blob name nope" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists() and not list(tmp_path.glob(".tmp_*"))
+
+
+def test_draw_module_is_pycaffes_caffe_draw():
+    net = caffe_pb2.NetParameter(name="n")
+    net.layer.add(name="in", type="Input", top=["x"]).input_param.shape.add(dim=[1, 2])
+    net.layer.add(name="relu", type="ReLU", bottom=["x"], top=["x"])
+    text = caffe.draw.draw_net(net, "TB", ext="dot").decode()
+    assert text == caffe.draw.net_to_dot(net, "TB") and "rankdir=TB" in text.replace('"', "")

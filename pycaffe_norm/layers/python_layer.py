@@ -60,9 +60,11 @@ def _fail(param: caffe_pb2.LayerParameter, message: str) -> NetError:
 
 
 # pycaffe module names that user layer files import, and the pcn modules that stand in for them.
-_CAFFE_ALIASES = {"caffe": "pycaffe_norm", "caffe.proto": "pycaffe_norm.proto",
-                  "caffe.proto.caffe_pb2": "pycaffe_norm.proto.caffe_pb2", "caffe.io": "pycaffe_norm.io",
-                  "caffe.net_spec": "pycaffe_norm.net_spec"}
+_CAFFE_ALIASES = {
+    "caffe": "pycaffe_norm", "caffe.proto": "pycaffe_norm.proto",
+    "caffe.proto.caffe_pb2": "pycaffe_norm.proto.caffe_pb2", "caffe.io": "pycaffe_norm.io",
+    "caffe.draw": "pycaffe_norm.draw", "caffe.net_spec": "pycaffe_norm.net_spec",
+}
 
 
 def _alias_caffe() -> bool:

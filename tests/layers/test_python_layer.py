@@ -414,8 +414,8 @@ def test_pycaffe_layer_file_with_import_caffe_runs_unchanged(tmp_path, user_modu
 
 
 def test_module_importing_a_caffe_part_pcn_lacks_gets_a_hint(tmp_path, user_module, no_caffe_alias):
-    module = user_module("import caffe.draw\n\n\nclass L(caffe.Layer):\n    pass\n")
-    with pytest.raises(NetError, match=r"imports 'caffe.draw'.*import pycaffe_norm as caffe"):
+    module = user_module("import caffe.coord_map\n\n\nclass L(caffe.Layer):\n    pass\n")
+    with pytest.raises(NetError, match=r"imports 'caffe.coord_map'.*import pycaffe_norm as caffe"):
         caffe.Net(net_with(tmp_path, module, "L"), caffe.TEST)
 
 
