@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # runnable from a checkout without installing the package
     sys.path.insert(0, ROOT)
 
-from pycaffe_norm.data.transformer import decode_image, read_image  # noqa: E402
+from pycaffe_norm.data.transformer import decode_image, read_image, read_image_list  # noqa: E402
 from pycaffe_norm.errors import PcnError  # noqa: E402
 from pycaffe_norm.proto import caffe_pb2  # noqa: E402
 
@@ -73,22 +73,6 @@ def write_lmdb(path: str, records: Iterable[Tuple[bytes, bytes]], commit_every: 
     return count
 
 
-def read_list(list_file: str):
-    """(path, label) pairs; the last space on a line separates the label, so paths may contain spaces."""
-    lines = []
-    with open(list_file) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            path, _, label = line.rpartition(" ")
-            try:
-                lines.append((path.rstrip(), int(label)))
-            except ValueError:
-                raise PcnError("%s:%d: expected 'path label', got %r" % (list_file, number, line)) from None
-    return lines
-
-
 def image_datum(path: str, label: int, height: int, width: int, color: bool, encoding: str) -> caffe_pb2.Datum:
     """Caffe's ReadImageToDatum: raw BGR/grey bytes, or with ``encoding`` an encoded image (the file's own bytes
     when it needs no change: same format, no resize, and the channel count that ``color`` asks for)."""
@@ -123,7 +107,7 @@ def convert(root_folder: str, list_file: str, db_name: str, gray: bool = False, 
             resize_height: int = 0, resize_width: int = 0, check_size: bool = False, encoded: bool = False,
             encode_type: str = "", seed: int = 0) -> int:
     """Writes the LMDB ``db_name``; returns the number of records."""
-    lines = read_list(list_file)
+    lines = read_image_list(list_file)
     if shuffle:
         np.random.RandomState(seed).shuffle(lines)  # Caffe shuffles with its unseeded RNG: a new order each run
     print("A total of %d images." % len(lines), file=sys.stderr)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -207,3 +207,21 @@ def read_image(path: str, height: int = 0, width: int = 0, color: Optional[bool]
     if height > 0 and width > 0:
         img = resize_uint8(img, height, width)
     return img
+
+
+def read_image_list(list_file: str, where: str = "") -> List[Tuple[str, int]]:
+    """The (path, label) pairs of an image list file, one ``path label`` per line, as Caffe's ImageData layer and
+    convert_imageset read it; the last space separates the label, so paths may contain spaces. ``where`` prefixes
+    error messages (e.g. the layer)."""
+    lines = []
+    with open(list_file) as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            path, _, label = line.rpartition(" ")
+            try:
+                lines.append((path.rstrip(), int(label)))
+            except ValueError:
+                raise NetError("%s%s:%d: expected 'path label', got %r" % (where, list_file, number, line)) from None
+    return lines

@@ -9,7 +9,7 @@ from typing import List
 import numpy as np
 
 from ..data.paths import candidates, resolve_path
-from ..data.transformer import DataTransformer, decode_image, read_image
+from ..data.transformer import DataTransformer, decode_image, read_image, read_image_list
 from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
@@ -509,18 +509,7 @@ class ImageDataLayer(_TransformingDataLayer):
         top[1].reshape((self.batch_size,))
 
     def _read_list(self, source: str):
-        lines = []
-        with open(source) as f:
-            for number, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                path, _, label = line.rpartition(" ")  # the last space splits, so paths may contain spaces
-                try:
-                    lines.append((path.rstrip(), int(label)))
-                except ValueError:
-                    raise NetError("layer %r (ImageData): %s:%d: expected 'path label', got %r"
-                                   % (self.name, source, number, line)) from None
+        lines = read_image_list(source, "layer %r (ImageData): " % self.name)
         if not lines:
             raise NetError("layer %r (ImageData): %s lists no images" % (self.name, source))
         return lines
