@@ -315,6 +315,13 @@ def test_image_data_errors(tmp_path):
     (tmp_path / "list.txt").write_text("bad.png 1\n")
     with pytest.raises(NetError, match=r"layer 'd' \(ImageData\): .*bad.png \(listed in .*list.txt\): cannot decode"):
         net(tmp_path, image_layer(tmp_path))
+    (tmp_path / "list.txt").write_text("img 0.png 1\n\nno_label.png\n")
+    with pytest.raises(NetError, match=r"layer 'd' \(ImageData\): .*list.txt:3: expected 'path label', got "
+                                       r"'no_label.png'"):
+        net(tmp_path, image_layer(tmp_path))
+    (tmp_path / "list.txt").write_text("\n")
+    with pytest.raises(NetError, match=r"list.txt lists no images"):
+        net(tmp_path, image_layer(tmp_path))
 
 
 # --- MemoryData --------------------------------------------------------------------------------------------
