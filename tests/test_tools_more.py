@@ -70,7 +70,7 @@ def test_compute_image_mean_of_encoded_records_and_errors(tmp_path, capsys):
     assert tool.main(["--backend", "leveldb", db]) == 2
     assert tool.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert "incorrect data field size" in err and "LMDB only" in err and "not found" in err
+    assert "incorrect data field size" in err and "backend LEVELDB was asked for" in err and "not found" in err
     assert not (tmp_path / "m.binaryproto").exists()
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Computes the per-pixel mean image of an LMDB of Datum records (BVLC Caffe's compute_image_mean).
+"""Computes the per-pixel mean image of an LMDB or LevelDB of Datum records (BVLC Caffe's compute_image_mean).
 
-    python tools/compute_image_mean.py [--backend lmdb] INPUT_DB [OUTPUT_FILE.binaryproto]
+    python tools/compute_image_mean.py [--backend lmdb|leveldb] INPUT_DB [OUTPUT_FILE.binaryproto]
+
+Without ``--backend`` the type is read from the folder (``data.mdb``: LMDB, ``CURRENT``: LevelDB; Caffe's default
+is lmdb); a given ``--backend`` must match it. LevelDB needs ``pip install 'pycaffe_norm[leveldb]'`` (plyvel).
 
 Every record (raw ``data`` bytes, ``float_data``, or an encoded JPEG/PNG decoded with its own channels, as
 Caffe's DecodeDatumNative does) must have the shape of the first. The sums are accumulated record by record in
@@ -23,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # runnable from a checkout without installing the package
     sys.path.insert(0, ROOT)
 
+from pycaffe_norm.data.db import open_reader  # noqa: E402
 from pycaffe_norm.data.transformer import decode_image  # noqa: E402
 from pycaffe_norm.errors import PcnError  # noqa: E402
 from pycaffe_norm.proto import caffe_pb2  # noqa: E402
@@ -45,44 +49,38 @@ def datum_array(datum: caffe_pb2.Datum, where: str) -> np.ndarray:
     return values.astype(np.float32).reshape(shape)
 
 
-def compute_mean(db_path: str) -> caffe_pb2.BlobProto:
-    """The mean of every record of the LMDB ``db_path`` as a BlobProto (1, C, H, W)."""
-    import lmdb
-
-    if not os.path.exists(db_path):
-        raise PcnError("LMDB not found: %s" % db_path)
-    if os.path.isfile(os.path.join(db_path, "CURRENT")):
-        raise PcnError("%s is a LevelDB; pcn reads LMDB only (rebuild it with tools/convert_imageset.py)" % db_path)
-    try:
-        env = lmdb.open(db_path, readonly=True, lock=False, subdir=os.path.isdir(db_path))
-    except lmdb.Error as e:
-        raise PcnError("cannot open LMDB %s: %s" % (db_path, e)) from None
+def compute_mean(db_path: str, backend: Optional[str] = None) -> caffe_pb2.BlobProto:
+    """The mean of every record of the database ``db_path`` as a BlobProto (1, C, H, W); ``backend`` (lmdb or
+    leveldb) must match the database, None reads whichever it is."""
+    reader = open_reader(db_path, backend)
     total: Optional[np.ndarray] = None
     count = 0
     datum = caffe_pb2.Datum()
     try:
-        with env.begin(buffers=False) as txn:
-            for key, value in txn.cursor():
-                where = "%s record %r" % (db_path, key.decode(errors="replace"))
-                try:
-                    datum.ParseFromString(value)
-                except Exception:
-                    raise PcnError("%s is not a Datum" % where) from None
-                if total is None and datum.encoded:
-                    _log("Decoding Datum")
-                arr = datum_array(datum, where)
-                if total is None:
-                    total = np.zeros(arr.shape, dtype=np.float32)
-                    _log("Starting Iteration")
-                elif arr.shape != total.shape:
-                    raise PcnError("%s: incorrect data field size: shape %s, the first record's is %s"
-                                   % (where, arr.shape, total.shape))
-                total += arr  # float32, record by record, as Caffe's sum_blob
-                count += 1
-                if count % 10000 == 0:
-                    _log("Processed %d files." % count)
+        wrapped = False
+        while not wrapped:  # every record once, in key order
+            key, value = reader.key(), reader.value()
+            where = "%s record %r" % (db_path, key.decode(errors="replace"))
+            try:
+                datum.ParseFromString(value)
+            except Exception:
+                raise PcnError("%s is not a Datum" % where) from None
+            if total is None and datum.encoded:
+                _log("Decoding Datum")
+            arr = datum_array(datum, where)
+            if total is None:
+                total = np.zeros(arr.shape, dtype=np.float32)
+                _log("Starting Iteration")
+            elif arr.shape != total.shape:
+                raise PcnError("%s: incorrect data field size: shape %s, the first record's is %s"
+                               % (where, arr.shape, total.shape))
+            total += arr  # float32, record by record, as Caffe's sum_blob
+            count += 1
+            if count % 10000 == 0:
+                _log("Processed %d files." % count)
+            wrapped = reader.next()
     finally:
-        env.close()
+        reader.close()
     if count == 0:
         raise PcnError("%s holds no records" % db_path)
     if count % 10000:
@@ -105,16 +103,13 @@ def channel_means(blob: caffe_pb2.BlobProto) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("input_db", help="the LMDB folder of Datum records")
+    ap.add_argument("input_db", help="the LMDB or LevelDB folder of Datum records")
     ap.add_argument("output_file", nargs="?", help="the .binaryproto to write (left out: only print the means)")
-    ap.add_argument("--backend", default="lmdb", help="lmdb (pcn reads LMDB only)")
+    ap.add_argument("--backend", default=None, type=str.lower, choices=("lmdb", "leveldb"),
+                    help="the database type (default: read from the folder); it must match the folder")
     args = ap.parse_args(argv)
-    if args.backend.lower() != "lmdb":
-        print("compute_image_mean: error: backend %r is not supported; pcn reads LMDB only (--backend lmdb)"
-              % args.backend, file=sys.stderr)
-        return 2
     try:
-        blob = compute_mean(args.input_db)
+        blob = compute_mean(args.input_db, args.backend)
         if args.output_file:
             _log("Write to %s" % args.output_file)
             atomic_write(args.output_file, blob.SerializeToString())

@@ -1,21 +1,20 @@
 #!/usr/bin/env python
-"""Converts a list of images and labels into an LMDB of Datum records (BVLC Caffe's convert_imageset).
+"""Converts a list of images and labels into an LMDB or LevelDB of Datum records (BVLC Caffe's convert_imageset).
 
-    python tools/convert_imageset.py [options] ROOTFOLDER/ LISTFILE DB_NAME
+    python tools/convert_imageset.py [options] [--backend lmdb|leveldb] ROOTFOLDER/ LISTFILE DB_NAME
 
 LISTFILE has lines ``subfolder1/file1.JPEG 7``; each image is read from ROOTFOLDER + path (plain concatenation,
 as in Caffe). Records are keyed ``%08d_<path>`` in list order (after ``--shuffle``), so the Data layer reads them in
-that order. Colour pixels are stored in OpenCV's BGR order, as Caffe stores them. Decoding uses Pillow.
+that order. Colour pixels are stored in OpenCV's BGR order, as Caffe stores them. Decoding uses Pillow. The
+database is written into a temporary folder next to DB_NAME and renamed at the end. LevelDB needs
+``pip install 'pycaffe_norm[leveldb]'`` (plyvel).
 """
 from __future__ import annotations
 
 import argparse
 import io
 import os
-import shutil
 import sys
-import tempfile
-from typing import Iterable, Tuple
 
 import numpy as np
 
@@ -23,54 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # runnable from a checkout without installing the package
     sys.path.insert(0, ROOT)
 
+from pycaffe_norm.data.db import write_db  # noqa: E402
 from pycaffe_norm.data.transformer import decode_image, read_image, read_image_list  # noqa: E402
 from pycaffe_norm.errors import PcnError  # noqa: E402
 from pycaffe_norm.proto import caffe_pb2  # noqa: E402
 
 _FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "tif": "TIFF", "tiff": "TIFF"}
-
-
-def write_lmdb(path: str, records: Iterable[Tuple[bytes, bytes]], commit_every: int = 1000) -> int:
-    """Writes (key, value) pairs into a new LMDB folder ``path`` (it must not exist, as in Caffe); returns the
-    count. The map grows as needed, so no size has to be guessed. The records go into a temporary folder that is
-    renamed to ``path`` at the end, so a failed run leaves no half-written database to block the next one."""
-    import lmdb
-
-    if os.path.exists(path):
-        raise PcnError("%s already exists; Caffe's tools refuse to overwrite a database, remove it first" % path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp_" + os.path.basename(os.path.abspath(path)), dir=parent)
-    env = lmdb.open(tmp, map_size=1 << 26, subdir=True, meminit=False)
-    pending, count = [], 0
-
-    def flush():
-        while True:
-            try:
-                with env.begin(write=True) as txn:
-                    for k, v in pending:
-                        txn.put(k, v)
-                return
-            except lmdb.MapFullError:  # the aborted transaction is retried in a map twice as large
-                env.set_mapsize(env.info()["map_size"] * 2)
-
-    try:
-        for key, value in records:
-            pending.append((key, value))
-            count += 1
-            if len(pending) == commit_every:
-                flush()
-                pending = []
-                print("Processed %d files." % count, file=sys.stderr)
-        if pending:
-            flush()
-        env.close()
-        os.rename(tmp, path)
-    except BaseException:
-        env.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return count
 
 
 def image_datum(path: str, label: int, height: int, width: int, color: bool, encoding: str) -> caffe_pb2.Datum:
@@ -105,8 +62,8 @@ def encode(chw: np.ndarray, encoding: str) -> bytes:
 
 def convert(root_folder: str, list_file: str, db_name: str, gray: bool = False, shuffle: bool = False,
             resize_height: int = 0, resize_width: int = 0, check_size: bool = False, encoded: bool = False,
-            encode_type: str = "", seed: int = 0) -> int:
-    """Writes the LMDB ``db_name``; returns the number of records."""
+            encode_type: str = "", seed: int = 0, backend: str = "lmdb") -> int:
+    """Writes the database ``db_name`` (``backend`` lmdb or leveldb); returns the number of records."""
     lines = read_image_list(list_file)
     if shuffle:
         np.random.RandomState(seed).shuffle(lines)  # Caffe shuffles with its unseeded RNG: a new order each run
@@ -135,36 +92,37 @@ def convert(root_folder: str, list_file: str, db_name: str, gray: bool = False, 
                                    % (path, len(datum.data), size[0]))
             yield ("%08d_%s" % (line_id, name)).encode(), datum.SerializeToString()
 
-    count = write_lmdb(db_name, records())
+    count = write_db(db_name, records(), backend, on_commit=progress)
     print("Processed %d files." % count, file=sys.stderr)
     return count
+
+
+def progress(count: int) -> None:
+    print("Processed %d files." % count, file=sys.stderr)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root_folder", help="prefix of every path in LISTFILE (e.g. 'images/', with the slash)")
     ap.add_argument("list_file")
-    ap.add_argument("db_name", help="the LMDB folder to create")
+    ap.add_argument("db_name", help="the database folder to create")
     ap.add_argument("--gray", action="store_true", help="read images as grey (1 channel)")
     ap.add_argument("--shuffle", action="store_true", help="shuffle the order of the lines")
     ap.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default %(default)s)")
-    ap.add_argument("--backend", default="lmdb", help="lmdb (pcn writes and reads LMDB only)")
+    ap.add_argument("--backend", default="lmdb", type=str.lower, choices=("lmdb", "leveldb"),
+                    help="the database type to write (default %(default)s; leveldb needs plyvel)")
     ap.add_argument("--resize_height", type=int, default=0)
     ap.add_argument("--resize_width", type=int, default=0)
     ap.add_argument("--check_size", action="store_true", help="check that all raw datums have the same size")
     ap.add_argument("--encoded", action="store_true", help="store encoded images (JPEG/PNG bytes) in the datums")
     ap.add_argument("--encode_type", default="", help="re-encode to this format (jpg, png, ...)")
     args = ap.parse_args(argv)
-    if args.backend.lower() != "lmdb":
-        print("convert_imageset: error: backend %r is not supported; pcn writes and reads LMDB only (--backend lmdb)"
-              % args.backend, file=sys.stderr)
-        return 2
     if (args.resize_height > 0) != (args.resize_width > 0):
         print("convert_imageset: error: give --resize_height and --resize_width together", file=sys.stderr)
         return 2
     try:
         convert(args.root_folder, args.list_file, args.db_name, args.gray, args.shuffle, args.resize_height,
-                args.resize_width, args.check_size, args.encoded, args.encode_type, args.seed)
+                args.resize_width, args.check_size, args.encoded, args.encode_type, args.seed, args.backend)
     except (PcnError, OSError) as e:
         print("convert_imageset: error: %s" % e, file=sys.stderr)
         return 2

@@ -8,9 +8,10 @@ from typing import List
 
 import numpy as np
 
+from ..data.db import open_reader
 from ..data.paths import candidates, resolve_path
 from ..data.transformer import DataTransformer, decode_image, read_image, read_image_list
-from ..errors import NetError
+from ..errors import NetError, PcnError
 from ..fillers import fill
 from ..proto import caffe_pb2
 from ..random import rng
@@ -318,20 +319,18 @@ class _TransformingDataLayer(Layer):
         pass
 
 
-# One open environment per database and process (py-lmdb refuses a second), shared by the train and test nets'
-# Data layers; each layer reads with its own transaction and cursor. Closed when no layer holds it any more.
-_LMDB_ENVS: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
-
-
 @register("Data")
 class DataLayer(_TransformingDataLayer):
-    """Batches of Datum records read in key order from an LMDB (Caffe's DataLayer), through ``transform_param``.
+    """Batches of Datum records read in key order from an LMDB or a LevelDB (Caffe's DataLayer), through
+    ``transform_param``.
 
     Raw Datums (uint8 ``data`` or ``float_data``) and encoded ones (``encoded: true``, JPEG/PNG bytes decoded with
     Pillow into OpenCV's BGR order) are read; after the last record the cursor restarts at the first. With
     ``rand_skip`` the first ``rng() % rand_skip`` records are skipped once at setup. Top 1, when present, holds the
     labels. ``prefetch`` is accepted; pcn reads synchronously, which changes no value. Caffe's schema makes
-    LEVELDB the default ``backend``; without a ``backend`` line pcn reads the source if it is an LMDB.
+    LEVELDB the default ``backend``; without a ``backend`` line pcn reads the source as what it is (a folder with
+    ``data.mdb`` as LMDB, one with ``CURRENT`` as LevelDB); an explicit ``backend`` must match the source.
+    LevelDB needs the ``plyvel`` package (``pip install 'pycaffe_norm[leveldb]'``).
     """
 
     min_top = 1
@@ -339,14 +338,15 @@ class DataLayer(_TransformingDataLayer):
 
     def setup(self, bottom, top):
         p = self.layer_param.data_param
-        if p.backend != caffe_pb2.DataParameter.LMDB and p.HasField("backend"):
-            self._leveldb_error()
+        backend = None
+        if p.HasField("backend"):
+            backend = "leveldb" if p.backend == caffe_pb2.DataParameter.LEVELDB else "lmdb"
         self._setup_transformer(p.batch_size, "data_param")
         self.source = self._resolve_source(p.source)
-        # backend left out means LEVELDB in Caffe's schema; an LMDB source is read anyway, a LevelDB one refused
-        if not p.HasField("backend") and os.path.isfile(os.path.join(self.source, "CURRENT")):
-            self._leveldb_error()
-        self._open(self.source)
+        try:
+            self._reader = open_reader(self.source, backend)
+        except PcnError as e:
+            raise NetError("layer %r (Data): %s" % (self.name, e)) from None
         self._skip = int(rng().randint(0, p.rand_skip)) if p.rand_skip else 0
         if self._skip:
             log.info("Skipping first %d data points.", self._skip)
@@ -359,62 +359,25 @@ class DataLayer(_TransformingDataLayer):
             top[1].reshape((self.batch_size,))
 
     # --- the database -------------------------------------------------------------------------------------
-    def _leveldb_error(self):
-        raise NetError("layer %r (Data): backend LEVELDB is not supported; pcn reads LMDB only: rebuild the "
-                       "database with tools/convert_imageset.py --backend lmdb (or Caffe's convert_imageset "
-                       "-backend lmdb)" % self.name)
-
     def _resolve_source(self, source: str) -> str:
         if not source:
-            raise NetError("layer %r (Data): data_param.source is empty; give the LMDB folder" % self.name)
+            raise NetError("layer %r (Data): data_param.source is empty; give the LMDB or LevelDB folder" % self.name)
         for c in candidates(source):
             if os.path.isdir(c) or os.path.isfile(c):
                 return c
-        raise NetError("layer %r (Data): LMDB source not found: %s (working directory: %s)"
+        raise NetError("layer %r (Data): data source not found: %s (working directory: %s)"
                        % (self.name, source, os.getcwd()))
 
-    def _open(self, path: str) -> None:
-        try:
-            import lmdb
-        except ImportError:
-            raise NetError("layer %r (Data): reading LMDB needs the 'lmdb' package: pip install lmdb"
-                           % self.name) from None
-        # The data file's identity is part of the key: a database rebuilt at the same path gets a fresh environment.
-        data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
-        try:
-            st = os.stat(data_file)
-            key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            key = (os.path.realpath(path),)   # lmdb.open below reports what is wrong
-        self._env = _LMDB_ENVS.get(key)
-        if self._env is None:
-            try:
-                # Read-only and lock-free, as Caffe opens it (MDB_RDONLY | MDB_NOTLS): a writer may hold the lock.
-                self._env = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                      subdir=os.path.isdir(path), max_readers=126)
-            except lmdb.Error as e:
-                raise NetError("layer %r (Data): cannot open LMDB %s: %s" % (self.name, path, e)) from None
-            _LMDB_ENVS[key] = self._env
-        self._count = int(self._env.stat()["entries"])
-        if self._count == 0:
-            raise NetError("layer %r (Data): LMDB %s holds no records" % (self.name, path))
-        self._txn = self._env.begin(buffers=False)
-        self._cursor = self._txn.cursor()
-        log.info("Opened lmdb %s (%d records)", path, self._count)
-
     def _seek(self, index: int) -> None:
-        """Puts the cursor on record ``index`` (mod the record count), walking keys without reading values."""
-        self._cursor.first()
-        for _ in range(int(index) % self._count):
-            self._cursor.next()
+        """Puts the reader on record ``index`` (mod the record count), walking keys without decoding values."""
+        self._reader.seek(index)
 
     def _peek(self):
-        return self._cursor.key(), self._cursor.value()
+        return self._reader.key(), self._reader.value()
 
     def _next(self) -> None:
-        if not self._cursor.next():
+        if self._reader.next():
             log.debug("layer %r: Restarting data prefetching from start.", self.name)
-            self._cursor.first()
 
     def _datum_array(self, key: bytes, value: bytes, datum=None) -> np.ndarray:
         """One record as (C, H, W): uint8 for ``data`` and encoded images, float32 for ``float_data``."""

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import text_format
 
 import pycaffe_norm as caffe
+from pycaffe_norm.data.db import write_db as write_records
 from pycaffe_norm.data.transformer import DataTransformer, decode_image, resize_uint8
 from pycaffe_norm.errors import NetError, PcnError
 from pycaffe_norm.io.arrays import array_to_blobproto
@@ -124,7 +125,7 @@ def test_resize_samples_like_opencv_linear():
     np.testing.assert_array_equal(resize_uint8(img, 3, 4), img)
 
 
-# --- Data (LMDB) -------------------------------------------------------------------------------------------
+# --- Data (LMDB; LevelDB below) ---------------------------------------------------------------------------------------
 def test_data_layer_raw_datums_in_key_order_wrap_around_and_scale(tmp_path):
     src = write_db(tmp_path / "db", raw_datums(10))
     n = net(tmp_path, data_layer(src, transform="scale: 0.5"))
@@ -181,9 +182,23 @@ def test_data_layer_encoded_datums_decode_to_bgr_and_honour_force_gray(tmp_path)
     assert net(tmp_path, data_layer(src2, batch=1, transform="force_color: true")).blobs["data"].shape == (1, 3, 4, 5)
 
 
-def test_data_layer_restore_position_matches_continuing(tmp_path):
-    src = write_db(tmp_path / "db", raw_datums(7, (1, 5, 5)))
+def write_leveldb(path, datums, keys=None) -> str:
+    """A LevelDB at ``path`` with the Datums under ``keys`` (default 00000000, 00000001, ...), written through pcn's
+    shared writer (the one tools/convert_imageset.py --backend leveldb uses)."""
+    pytest.importorskip("plyvel")
+    keys = keys if keys is not None else ["%08d" % i for i in range(len(datums))]
+    write_records(str(path), [(k.encode(), d.SerializeToString()) for k, d in zip(keys, datums)], "leveldb")
+    return str(path)
+
+
+WRITERS = {"lmdb": write_db, "leveldb": write_leveldb}
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_data_layer_restore_position_matches_continuing(tmp_path, backend):
+    src = WRITERS[backend](tmp_path / "db", raw_datums(7, (1, 5, 5)))
     layers = data_layer(src, batch=3, extra="rand_skip: 4", transform="crop_size: 3 mirror: true")
+    layers = layers.replace("backend: LMDB", "backend: %s" % backend.upper())
     caffe.set_random_seed(9)
     a = net(tmp_path, layers)
     for _ in range(4):
@@ -196,6 +211,75 @@ def test_data_layer_restore_position_matches_continuing(tmp_path):
         b.forward()
         np.testing.assert_array_equal(a.blobs["data"].data, b.blobs["data"].data)
         np.testing.assert_array_equal(a.blobs["label"].data, b.blobs["label"].data)
+    c = net(tmp_path, layers.replace("crop_size: 3 mirror: true", ""))  # far past many wrap-arounds: modulo 7
+    c.layers[0].restore_position(1000)
+    c.forward()
+    assert c.blobs["label"].data.astype(int).tolist() == [(c.layers[0]._skip + 3000 + k) % 7 for k in range(3)]
+
+
+# --- Data (LevelDB) ----------------------------------------------------------------------------------------
+def test_leveldb_raw_records_in_key_order_wrap_around_and_auto_detection(tmp_path):
+    keys = ["%08d" % i for i in range(10)]
+    order = np.random.RandomState(0).permutation(10)   # written out of order: LevelDB reads in key order
+    src = write_leveldb(tmp_path / "ldb", [raw_datums(10)[i] for i in order], [keys[i] for i in order])
+    for backend in ("backend: LEVELDB", ""):   # explicit, and Caffe's default left out: detected from the folder
+        n = net(tmp_path, data_layer(src, transform="scale: 0.5").replace("backend: LMDB", backend))
+        assert n.blobs["data"].data.shape == (4, 2, 3, 4)
+        seen = []
+        for _ in range(3):
+            n.forward()
+            labels = n.blobs["label"].data.astype(int).tolist()
+            seen += labels
+            np.testing.assert_array_equal(n.blobs["data"].data, np.stack([raw_image(i) * 0.5 for i in labels]))
+        assert seen == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_leveldb_encoded_and_float_records_and_a_shared_source(tmp_path):
+    rs = np.random.RandomState(3)
+    rgb = [rs.randint(0, 256, (4, 5, 3)).astype(np.uint8) for _ in range(3)]
+    src = write_leveldb(tmp_path / "enc", [caffe_pb2.Datum(data=png_bytes(a), encoded=True, label=i)
+                                           for i, a in enumerate(rgb)])
+    # a train and a test net on one LevelDB in one process (LevelDB locks its folder: the handle is shared)
+    train = net(tmp_path, data_layer(src, batch=3).replace("backend: LMDB", ""), name="train.prototxt")
+    test = net(tmp_path, data_layer(src, batch=2).replace("backend: LMDB", ""), caffe.TEST, name="test.prototxt")
+    train.forward()
+    test.forward()
+    np.testing.assert_array_equal(train.blobs["data"].data, np.stack([a[:, :, ::-1].transpose(2, 0, 1) for a in rgb]))
+    assert test.blobs["label"].data.tolist() == [0, 1]
+    floats = write_leveldb(tmp_path / "f", [caffe_pb2.Datum(channels=1, height=1, width=2, float_data=[i, -0.5])
+                                            for i in range(3)])
+    f = net(tmp_path, data_layer(floats, batch=2, tops=("data",)).replace("LMDB", "LEVELDB"), name="f.prototxt")
+    f.forward()
+    np.testing.assert_array_equal(f.blobs["data"].data.reshape(2, 2), [[0, -0.5], [1, -0.5]])
+
+
+def test_backend_mismatch_and_unknown_folders_are_one_line_errors(tmp_path):
+    lmdb_src = write_db(tmp_path / "mdb", raw_datums(2))
+    with pytest.raises(NetError, match=r"^layer 'd' \(Data\): backend LEVELDB was asked for, but .*mdb is an LMDB "
+                                       r"\(a data.mdb file\); give backend LMDB or leave the backend out$"):
+        net(tmp_path, data_layer(lmdb_src).replace("LMDB", "LEVELDB"))
+    fake = tmp_path / "ldb"
+    fake.mkdir()
+    (fake / "CURRENT").write_text("MANIFEST-000001\n")   # looks like a LevelDB: no plyvel needed to tell
+    with pytest.raises(NetError, match=r"^layer 'd' \(Data\): backend LMDB was asked for, but .*ldb is a LevelDB "
+                                       r"\(a CURRENT file, no data.mdb\); give backend LEVELDB"):
+        net(tmp_path, data_layer(str(fake)))
+    (tmp_path / "empty").mkdir()
+    for backend in ("backend: LMDB", ""):
+        with pytest.raises(NetError, match=r"empty is a folder with neither data.mdb \(LMDB\) nor CURRENT"):
+            net(tmp_path, data_layer(str(tmp_path / "empty")).replace("backend: LMDB", backend))
+
+
+def test_leveldb_without_plyvel_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    fake = tmp_path / "ldb"
+    fake.mkdir()
+    (fake / "CURRENT").write_text("MANIFEST-000001\n")
+    monkeypatch.setitem(sys.modules, "plyvel", None)   # import plyvel now raises ImportError
+    with pytest.raises(NetError, match=r"^layer 'd' \(Data\): reading the LevelDB .*ldb needs the 'plyvel' package: "
+                                       r"pip install 'pycaffe_norm\[leveldb\]'$"):
+        net(tmp_path, data_layer(str(fake)).replace("backend: LMDB", ""))
 
 
 SOLVER_NET = """
@@ -229,13 +313,7 @@ def test_solver_resume_with_a_data_layer_is_exact(tmp_path):
 
 
 def test_data_layer_errors(tmp_path):
-    with pytest.raises(NetError, match="LEVELDB is not supported; pcn reads LMDB only.*convert_imageset"):
-        net(tmp_path, data_layer(str(tmp_path)).replace("LMDB", "LEVELDB"))
-    (tmp_path / "ldb").mkdir()
-    (tmp_path / "ldb" / "CURRENT").write_text("MANIFEST-000001\n")  # a LevelDB folder, backend left to default
-    with pytest.raises(NetError, match="LEVELDB is not supported"):
-        net(tmp_path, data_layer(str(tmp_path / "ldb")).replace("backend: LMDB", ""))
-    with pytest.raises(NetError, match="LMDB source not found: no/such_lmdb"):
+    with pytest.raises(NetError, match="data source not found: no/such_lmdb"):
         net(tmp_path, data_layer("no/such_lmdb"))
     bad = write_db(tmp_path / "bad", [caffe_pb2.Datum(channels=1, height=2, width=2, data=b"abc")])
     with pytest.raises(NetError, match="holds 3 values for its shape"):
@@ -385,16 +463,18 @@ def test_lenet_trains_from_lmdb_of_bundled_digits(tmp_path, caplog):
     logging.getLogger("pycaffe_norm").debug("lenet lmdb losses %s", losses)
 
 
-def test_database_rebuilt_at_the_same_path_is_read_afresh(tmp_path):
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_database_rebuilt_at_the_same_path_is_read_afresh(tmp_path, backend):
     import shutil
 
     db = tmp_path / "db"
-    first = net(tmp_path, data_layer(write_db(db, raw_datums(4)), batch=4), name="a.prototxt")
+    layers = data_layer(WRITERS[backend](db, raw_datums(4)), batch=4).replace("backend: LMDB", "")
+    first = net(tmp_path, layers, name="a.prototxt")
     first.forward()
     np.testing.assert_array_equal(first.blobs["label"].data, [0, 1, 2, 3])
     shutil.rmtree(db)
     rebuilt = raw_datums(8)[4:]          # labels 4..7
-    write_db(db, rebuilt)
-    second = net(tmp_path, data_layer(str(db), batch=4), name="b.prototxt")   # `first` still holds the old one
+    WRITERS[backend](db, rebuilt, ["%08d" % i for i in range(4)]) if backend == "leveldb" else write_db(db, rebuilt)
+    second = net(tmp_path, layers, name="b.prototxt")   # `first` still holds the old one
     second.forward()
     np.testing.assert_array_equal(second.blobs["label"].data, [4, 5, 6, 7])
