@@ -1,4 +1,4 @@
-"""Convolution, Deconvolution, Pooling and SPP with BVLC Caffe's geometry and numerics."""
+"""Convolution, Deconvolution, Im2col, Pooling and SPP with BVLC Caffe's geometry and numerics."""
 from __future__ import annotations
 
 import math
@@ -220,6 +220,81 @@ class DeconvolutionLayer(_BaseConvolution):
             dx = self._bottom_view(b.diff) if propagate_down[i] else None
             ic.deconv_backward(self._bottom_view(b.data), w, self._top_view(t.diff), self.geom, self.group,
                                self._ws, dx=dx, dw=dw, db=db)
+
+
+@register("Im2col")
+class Im2colLayer(Layer):
+    """Caffe's Im2colLayer: each image's convolution columns as a blob, (outer..., C * prod(kernel), *out).
+
+    ``convolution_param`` gives ``kernel_size`` (or ``kernel_h``/``kernel_w``), ``stride``, ``pad``, ``dilation``
+    and ``axis`` (the channel axis; the axes before it are flattened into images), 2-D or N-D. Channel ``c`` of the
+    top holds input channel ``c // prod(kernel)`` at kernel offset ``c % prod(kernel)`` (row-major), for every
+    output position, as Caffe's im2col lays out its column buffer. Backward is col2im (overlaps summed).
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+    allow_in_place = False
+
+    def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
+        p = self.layer_param.convolution_param
+        b0 = bottom[0]
+        try:
+            self.channel_axis = b0.canonical_axis(p.axis)
+        except ValueError as e:
+            raise NetError("layer %r (Im2col): convolution_param.axis: %s" % (self.name, e)) from None
+        self.num_axes = b0.num_axes
+        n = self.num_axes - self.channel_axis - 1
+        if n < 1:
+            raise self.shape_error("bottom (Im2col needs at least one spatial axis after channel axis %d)"
+                                   % self.channel_axis, b0.shape, b0.shape + ("H",))
+        self.kernel = _hw_pair(self, p, "kernel", n, 1, required=True)
+        self.stride = _hw_pair(self, p, "stride", n, 1, required=False)
+        self.pad = _hw_pair(self, p, "pad", n, 0, required=False)
+        self.dilation = _per_axis(self, p.dilation, "dilation", n, 1)
+        for name, values, low in (("kernel", self.kernel, 1), ("stride", self.stride, 1),
+                                  ("pad", self.pad, 0), ("dilation", self.dilation, 1)):
+            if any(v < low for v in values):
+                raise NetError("layer %r (Im2col): %s must be >= %d on every axis, got %s"
+                               % (self.name, name, low, values))
+        self._ws = ic.Workspace()
+
+    def reshape(self, bottom: List[Blob], top: List[Blob]) -> None:
+        b0 = bottom[0]
+        if b0.num_axes != self.num_axes:
+            raise self.shape_error("bottom (the number of axes may not change)", b0.shape, ("...",) * self.num_axes)
+        ca = self.channel_axis
+        in_sp = b0.shape[ca + 1:]
+        out_sp = tuple(ic.conv_out_size(size, k, s, pd, d)
+                       for size, k, s, pd, d in zip(in_sp, self.kernel, self.stride, self.pad, self.dilation))
+        if any(o <= 0 for o in out_sp):
+            raise self.shape_error("bottom (dilated kernel %s larger than the padded input)"
+                                   % (tuple(ic.extent(k, d) for k, d in zip(self.kernel, self.dilation)),),
+                                   in_sp, tuple(">=%d" % (ic.extent(k, d) - 2 * pd)
+                                                for k, d, pd in zip(self.kernel, self.dilation, self.pad)))
+        self.channels = b0.shape[ca]
+        self.num = int(np.prod(b0.shape[:ca], dtype=np.int64))
+        self.geom = ic.ConvGeometry(in_sp, out_sp, self.kernel, self.stride, self.pad, self.dilation)
+        top[0].reshape(b0.shape[:ca] + (self.channels * self.geom.kernel_count,) + out_sp)
+
+    def _views(self, bottom_array, top_array):
+        # (outer..., C, *in) -> (num, C, *in) and the top likewise: views, blobs are contiguous
+        g = self.geom
+        return (bottom_array.reshape((self.num, self.channels) + g.in_shape),
+                top_array.reshape((self.num, self.channels * g.kernel_count) + g.out_shape))
+
+    def forward(self, bottom, top):
+        x, y = self._views(bottom[0].data, top[0].data)
+        col = ic.im2col(ic.to_layout(x, self.geom, False, self._ws, "xl"), self.geom, False, self._ws)
+        ic.from_rows(col, y, False)  # (C * K, num * P) -> (num, C * K, *out)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dx, dy = self._views(bottom[0].diff, top[0].diff)
+        rows = ic.to_rows(dy, False, self._ws, "rows")
+        buf = ic.col2im(rows, self.channels, self.num, self.geom, False, self._ws, "dxl")
+        ic.from_layout(buf, self.geom, False, dx)
 
 
 _PP = caffe_pb2.PoolingParameter
