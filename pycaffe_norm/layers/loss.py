@@ -86,15 +86,18 @@ class LossLayer(Layer):
         if len(propagate_down) > 1 and propagate_down[1]:
             raise NetError("layer %r (%s) cannot backpropagate to label inputs" % (self.name, self.type))
 
-    def read_normalization(self) -> None:
+    def read_normalization(self, default: int = _LP.VALID) -> None:
+        """``default`` is the mode when neither field is set (SigmoidCrossEntropyLoss's is BATCH_SIZE)."""
         lp = self.layer_param.loss_param
         self.has_ignore_label = lp.HasField("ignore_label")
         self.ignore_label = int(lp.ignore_label)
         # The legacy bool only counts when the new enum is not given.
-        if not lp.HasField("normalization") and lp.HasField("normalize"):
+        if lp.HasField("normalization"):
+            self.normalization = lp.normalization
+        elif lp.HasField("normalize"):
             self.normalization = _LP.VALID if lp.normalize else _LP.BATCH_SIZE
         else:
-            self.normalization = lp.normalization
+            self.normalization = default
 
     def normalizer(self, outer: int, inner: int, valid_count):
         """Caffe's get_normalizer, floored at 1. ``valid_count`` may be a device scalar (VALID mode)."""
@@ -239,10 +242,10 @@ class EuclideanLossLayer(LossLayer):
 @register("SigmoidCrossEntropyLoss")
 class SigmoidCrossEntropyLossLayer(LossLayer):
     """Cross entropy of sigmoid(x) against targets in [0, 1], computed stably; ignore_label and normalization
-    as in SoftmaxWithLoss (default VALID)."""
+    as in SoftmaxWithLoss, but with Caffe's default BATCH_SIZE when neither normalization field is set."""
 
     def setup(self, bottom, top):
-        self.read_normalization()
+        self.read_normalization(default=_LP.BATCH_SIZE)
 
     def reshape(self, bottom, top):
         self.check_first_dims(bottom)

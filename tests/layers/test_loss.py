@@ -208,7 +208,10 @@ def test_euclidean_loss_shape_mismatch():
 
 
 # --- SigmoidCrossEntropyLoss ---------------------------------------------------------------------------------
-SCE_MODES = [("", "VALID", None), ("loss_param { ignore_label: -1 }", "VALID", -1),
+# Caffe's default, with neither normalization nor normalize set, is BATCH_SIZE (not SoftmaxWithLoss's VALID).
+SCE_MODES = [("", "BATCH_SIZE", None), ("loss_param { ignore_label: -1 }", "BATCH_SIZE", -1),
+             ("loss_param { normalization: VALID ignore_label: -1 }", "VALID", -1),
+             ("loss_param { normalize: true ignore_label: -1 }", "VALID", -1),
              ("loss_param { normalization: BATCH_SIZE ignore_label: -1 }", "BATCH_SIZE", -1),
              ("loss_param { normalization: FULL ignore_label: -1 }", "FULL", -1),
              ("loss_param { normalization: NONE }", "NONE", None)]
@@ -237,7 +240,7 @@ def test_sigmoid_cross_entropy_is_stable():
     x, tgt = np.array([[-200.0, 200.0, 0.0]]), np.array([[1.0, 0.0, 1.0]])
     with np.errstate(over="raise", invalid="raise"):
         _, _, (t,) = run('type: "SigmoidCrossEntropyLoss"', [x, tgt], dtype=np.float32)
-    np.testing.assert_allclose(float(t.data), (200 + 200 + np.log(2)) / 3, rtol=1e-6)
+    np.testing.assert_allclose(float(t.data), 200 + 200 + np.log(2), rtol=1e-6)  # BATCH_SIZE: divided by N = 1
 
 
 # --- MultinomialLogisticLoss ---------------------------------------------------------------------------------
