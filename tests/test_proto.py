@@ -70,3 +70,36 @@ def test_defaults_follow_caffe():
     assert bn.moving_average_fraction == pytest.approx(0.999) and bn.eps == pytest.approx(1e-5)
     assert caffe_pb2.SolverParameter().clip_gradients == -1
     assert caffe_pb2.Normalization1Parameter().norm == caffe_pb2.Normalization1Parameter.L2
+
+
+# SSD-Caffe's own numbers (weiliu89/caffe branch ssd, src/caffe/proto/caffe.proto), so SSD binaries load.
+SSD_NUMBERS = [
+    ("LayerParameter", "annotated_data_param", 200), ("LayerParameter", "multibox_loss_param", 201),
+    ("LayerParameter", "permute_param", 202), ("LayerParameter", "prior_box_param", 203),
+    ("LayerParameter", "detection_output_param", 204), ("LayerParameter", "detection_evaluate_param", 205),
+    ("LayerParameter", "norm_param", 206), ("TransformationParameter", "resize_param", 8),
+    ("TransformationParameter", "noise_param", 9), ("TransformationParameter", "emit_constraint", 10),
+    ("TransformationParameter", "crop_h", 11), ("TransformationParameter", "crop_w", 12),
+    ("TransformationParameter", "distort_param", 13), ("TransformationParameter", "expand_param", 14),
+    ("SolverParameter", "show_per_class_result", 44), ("AnnotatedDatum", "annotation_group", 3),
+    ("NormalizedBBox", "size", 8), ("MultiBoxLossParameter", "encode_variance_in_target", 16),
+    ("MultiBoxLossParameter", "use_prior_for_nms", 23), ("DetectionOutputParameter", "keep_top_k", 7),
+    ("DetectionOutputParameter", "variance_encoded_in_target", 8), ("PriorBoxParameter", "offset", 13),
+    ("ResizeParameter", "height_scale", 8), ("DistortionParameter", "random_order_prob", 11),
+]
+
+
+@pytest.mark.parametrize("message, field, number", SSD_NUMBERS)
+def test_ssd_field_numbers(message, field, number):
+    assert getattr(caffe_pb2, message).DESCRIPTOR.fields_by_name[field].number == number
+
+
+def test_ssd_solver_fields_yield_to_bvlc():
+    # SSD-Caffe's eval_type/ap_version were 41/42, which BVLC gave to layer_wise_reduce/weights.
+    solver = caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name
+    assert solver["layer_wise_reduce"].number == 41 and solver["weights"].number == 42
+    assert solver["eval_type"].number > 1000 and solver["ap_version"].number > 1000
+    sp = caffe_pb2.SolverParameter()
+    assert (sp.eval_type, sp.ap_version, sp.show_per_class_result) == ("classification", "Integral", False)
+    assert caffe_pb2.MultiBoxLossParameter().code_type == caffe_pb2.PriorBoxParameter.CORNER
+    assert caffe_pb2.DetectionOutputParameter().keep_top_k == -1
