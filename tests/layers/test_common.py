@@ -31,7 +31,7 @@ def gaussian(shape, seed=3):
 
 
 def grad_check(text, inputs, n_tops=1, **kw):
-    return GradientChecker(step=1e-2, threshold=1e-3, **kw).check(
+    return GradientChecker(**kw).check(
         make_layer(text), [make_blob(a) for a in inputs], [Blob((), dtype=np.float64) for _ in range(n_tops)])
 
 
@@ -42,6 +42,10 @@ def test_split_copies_and_sums():
     for t in tops:
         np.testing.assert_array_equal(t.data, x)
     np.testing.assert_allclose(b.diff, 6 * x)
+
+
+def test_split_gradient():
+    assert grad_check('type: "Split"', [gaussian((2, 3, 2))], n_tops=3) == 12
 
 
 # --- Concat ------------------------------------------------------------------------------------------------------
@@ -216,6 +220,7 @@ def test_flatten_reshape(text, shape):
     b.data[...] = 2 * x
     layer.forward([b], [t])
     np.testing.assert_array_equal(t.data, 2 * x.reshape(shape))
+    assert grad_check(text, [x]) == x.size
 
 
 @pytest.mark.parametrize("text", [
@@ -248,6 +253,14 @@ def test_silence_zeroes_gradients():
     layer.forward([a, b], [])
     layer.backward([], [True, False], [a, b])
     assert not a.diff.any() and (b.diff == 5).all()
+
+
+def test_silence_gradient():
+    # No top, so the objective is constant: the checker asserts both bottoms' diffs are overwritten with zeros.
+    bottom = [make_blob(gaussian((2, 3))), make_blob(gaussian((4,)))]
+    for blob in bottom:
+        blob.diff[...] = 5
+    assert GradientChecker().check(make_layer('type: "Silence"'), bottom, []) == 10
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])

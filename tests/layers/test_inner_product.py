@@ -94,7 +94,7 @@ def test_forward_values(mode):
 def test_gradient(mode):
     text, shape, _ = MODES[mode]
     layer, b, t = setup_layer("inner_product_param { %s %s }" % (text, GAUSS), gaussian(shape))
-    assert GradientChecker(step=1e-2, threshold=1e-3).check(layer, b, t, already_set_up=True) > 0
+    assert GradientChecker().check(layer, b, t, already_set_up=True) > 0
 
 
 def test_weight_shapes_and_fillers():

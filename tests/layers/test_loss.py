@@ -61,7 +61,7 @@ def test_softmax_is_stable_for_large_inputs():
 @pytest.mark.parametrize("axis", [1, 2])
 def test_softmax_gradient(axis):
     layer = make_layer('type: "Softmax" softmax_param { axis: %d }' % axis)
-    GradientChecker(step=1e-2, threshold=1e-3).check(layer, [make_blob(gaussian((2, 4, 3, 2)))],
+    GradientChecker().check(layer, [make_blob(gaussian((2, 4, 3, 2)))],
                                                      [Blob((), dtype=np.float64)])
 
 
@@ -126,7 +126,7 @@ def test_softmax_loss_values_and_gradient_4d(extra, mode, ignore):
     assert t.shape == ()
     np.testing.assert_allclose(float(t.data), loss, rtol=1e-12)
     np.testing.assert_allclose(b.diff, grad, rtol=1e-10, atol=1e-15)
-    GradientChecker(step=1e-2, threshold=1e-3).check(
+    GradientChecker().check(
         make_layer('type: "SoftmaxWithLoss" ' + extra), [make_blob(x), make_blob(lab)],
         [Blob((), dtype=np.float64)], check_bottom=[0])
 
@@ -197,7 +197,7 @@ def test_euclidean_loss_values_and_gradients():
 
 
 def test_euclidean_loss_gradient_check():
-    GradientChecker(step=1e-2, threshold=1e-2).check(
+    GradientChecker().check(
         make_layer('type: "EuclideanLoss"'), [make_blob(gaussian((5, 3))), make_blob(gaussian((5, 3), seed=7))],
         [Blob((), dtype=np.float64)])
 
@@ -231,7 +231,7 @@ def test_sigmoid_cross_entropy(extra, mode, ignore):
     norm = max(1, {"VALID": valid.sum(), "BATCH_SIZE": 3, "FULL": x.size, "NONE": 1}[mode])
     np.testing.assert_allclose(float(t.data), elem[valid].sum() / norm, rtol=1e-10)
     np.testing.assert_allclose(b.diff, np.where(valid, s - tgt, 0) * 1.3 / norm, rtol=1e-10)
-    GradientChecker(step=1e-2, threshold=1e-3).check(
+    GradientChecker().check(
         make_layer('type: "SigmoidCrossEntropyLoss" ' + extra), [make_blob(x), make_blob(tgt)],
         [Blob((), dtype=np.float64)], check_bottom=[0])
 
@@ -253,7 +253,7 @@ def test_multinomial_logistic_loss():
     g = np.zeros_like(p)
     g[np.arange(4), lab.astype(int)] = -2.0 / 4 / picked
     np.testing.assert_allclose(b.diff, g, rtol=1e-12)
-    GradientChecker(step=1e-2, threshold=1e-3).check(
+    GradientChecker().check(
         make_layer('type: "MultinomialLogisticLoss"'), [make_blob(p), make_blob(lab)],
         [Blob((), dtype=np.float64)], check_bottom=[0])
 

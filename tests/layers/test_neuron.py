@@ -205,7 +205,7 @@ def test_gradient(text, transform, kw):
         x = transform(x)
     layer = make_layer(text)
     b, t = make_blob(x), Blob((), dtype=np.float64)
-    n = GradientChecker(step=1e-2, threshold=1e-3, **kw).check(layer, [b], [t])
+    n = GradientChecker(**kw).check(layer, [b], [t])
     assert n >= x.size // 2
 
 
@@ -277,7 +277,7 @@ def _reseeding(layer, seed=11):
 def test_dropout_gradient(phase):
     layer = _reseeding(make_layer('type: "Dropout" dropout_param { dropout_ratio: 0.4 }', phase))
     b, t = make_blob(gaussian(GRAD_SHAPE)), Blob((), dtype=np.float64)
-    GradientChecker(step=1e-2, threshold=1e-3).check(layer, [b], [t])
+    GradientChecker().check(layer, [b], [t])
 
 
 # --- in place ------------------------------------------------------------------------------------------------

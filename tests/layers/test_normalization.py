@@ -1,8 +1,8 @@
 """Normalization layers: BatchNorm, LRN, MVN, Normalization1, GRN, Normalize / Normalization2.
 
 The reference cases (Caffe's float32 outputs and float64 formulas) run end to end in tests/test_reference.py;
-here: the formula cases driven layer by layer in float64 (to ~1e-10), exhaustive float64 gradient checks with
-Caffe's thresholds for every layer and mode, statistical checks, BatchNorm's phases and running sums, in-place
+here: the formula cases driven layer by layer in float64 (to ~1e-10), exhaustive float64 gradient checks (step and
+threshold 1e-6) for every layer and mode, statistical checks, BatchNorm's phases and running sums, in-place
 use, errors and logging.
 """
 from __future__ import annotations
@@ -42,10 +42,10 @@ def run(layer, x, in_place: bool = False):
     return bottom, top
 
 
-def grad_check(layer, x, threshold: float, in_place: bool = False, **kw) -> int:
+def grad_check(layer, x, in_place: bool = False, **kw) -> int:
     bottom = [make_blob(x)]
     top = bottom if in_place else [make_blob(np.zeros(0))]
-    n = GradientChecker(step=1e-2, threshold=threshold, **kw).check(layer, bottom, top)
+    n = GradientChecker(**kw).check(layer, bottom, top)
     return n
 
 
@@ -207,20 +207,20 @@ def test_batchnorm_lr_mult_forced_to_zero_by_net_with_warning(caplog):
 @pytest.mark.parametrize("shape", [(5, 3), (4, 2, 3), (3, 2, 2, 3), (7,)])
 def test_batchnorm_gradient_batch_mode(shape):
     x = rng(6).randn(*shape) * 2 + 0.5
-    grad_check(layer_of('type: "BatchNorm"'), x, threshold=1e-4)
+    grad_check(layer_of('type: "BatchNorm"'), x)
 
 
 def test_batchnorm_gradient_global_mode():
     layer = layer_of('type: "BatchNorm" batch_norm_param { eps: 1e-3 }', TEST)
     layer.blobs = [make_blob([0.3, -0.2]), make_blob([2.0, 0.5]), make_blob([1.5])]
-    grad_check(layer, rng(7).randn(3, 2, 2, 2), threshold=1e-4)
+    grad_check(layer, rng(7).randn(3, 2, 2, 2))
 
 
 @pytest.mark.parametrize("phase", [TRAIN, TEST])
 def test_batchnorm_gradient_in_place(phase):
     layer = layer_of('type: "BatchNorm"', phase)
     layer.blobs = [make_blob([0.3, -0.2, 1.0]), make_blob([2.0, 0.5, 1.0]), make_blob([1.5])]
-    grad_check(layer, rng(8).randn(4, 3, 2), threshold=1e-4, in_place=True)
+    grad_check(layer, rng(8).randn(4, 3, 2), in_place=True)
 
 
 def test_batchnorm_in_place_matches_out_of_place_and_caches_xnorm():
@@ -260,7 +260,7 @@ def test_batchnorm_scale_bias(phase, in_place):
     layer = layer_of(text, phase)
     layer.blobs = [make_blob([0.3, -0.2, 1.0]), make_blob([2.0, 0.5, 1.0]), make_blob([1.5]),
                    make_blob([0.5, -1.5, 2.0]), make_blob([0.1, 0.2, -0.3])]
-    grad_check(layer, x, threshold=1e-4, in_place=in_place)
+    grad_check(layer, x, in_place=in_place)
 
 
 def test_batchnorm_scale_bias_on_by_filler_and_default_fillers():
@@ -389,14 +389,14 @@ def test_lrn_within_forward_ignores_k(size):
 @pytest.mark.parametrize("in_place", [False, True])
 def test_lrn_gradient(text, shape, in_place):
     layer = layer_of('type: "LRN" lrn_param { %s }' % text)
-    grad_check(layer, rng(15).randn(*shape), threshold=1e-2, in_place=in_place)
+    grad_check(layer, rng(15).randn(*shape), in_place=in_place)
 
 
 def test_lrn_gradient_tight_float64():
     # Caffe's 1e-2 is for float32; in float64 the analytic gradient agrees far more closely.
     layer = layer_of('type: "LRN" lrn_param { local_size: 5 alpha: 1 beta: 0.75 }')
     x = rng(16).randn(2, 6, 2, 2)
-    GradientChecker(step=1e-4, threshold=1e-6).check(layer, [make_blob(x)], [make_blob(np.zeros(0))])
+    GradientChecker().check(layer, [make_blob(x)], [make_blob(np.zeros(0))])
 
 
 def test_lrn_errors():
@@ -466,7 +466,7 @@ def test_mvn_backward_is_caffes_formula_ignoring_eps():
 @pytest.mark.parametrize("in_place", [False, True])
 def test_mvn_gradient(text, shape, in_place):
     layer = layer_of('type: "MVN" mvn_param { %s }' % text)
-    grad_check(layer, rng(23).randn(*shape) * 2 + 1, threshold=1e-3, in_place=in_place)
+    grad_check(layer, rng(23).randn(*shape) * 2 + 1, in_place=in_place)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -499,7 +499,7 @@ def test_normalization1_unit_norms_and_zero_sample():
 @pytest.mark.parametrize("in_place", [False, True])
 def test_normalization1_gradient(norm, shape, in_place):
     layer = layer_of('type: "Normalization1" normalization_param { norm: %s }' % norm)
-    grad_check(layer, away_from_zero(shape, 25), threshold=1e-3, in_place=in_place)
+    grad_check(layer, away_from_zero(shape, 25), in_place=in_place)
 
 
 @pytest.mark.parametrize("type_name", ["GRN", "GlobResNorm", "globresnet"])
@@ -521,7 +521,7 @@ def test_grn_unit_norm_over_channels(type_name):
 @pytest.mark.parametrize("shape", [(2, 4, 2, 3), (3, 4), (2, 3, 2, 1, 2)])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_grn_gradient(shape, in_place):
-    grad_check(layer_of('type: "GRN"'), away_from_zero(shape, 27), threshold=1e-3, in_place=in_place)
+    grad_check(layer_of('type: "GRN"'), away_from_zero(shape, 27), in_place=in_place)
 
 
 def test_grn_with_grn_param_is_the_tft_layer():
@@ -567,7 +567,7 @@ def test_normalize_gradient(across, shared, in_place):
     top = bottom if in_place else [make_blob(np.zeros(0))]
     layer.initialize(bottom, top)
     layer.blobs[0].data[...] = 1.7 if shared else [0.5, 2.0, -1.5]   # unequal scales: exact gradient needed
-    GradientChecker(step=1e-2, threshold=1e-3).check(layer, bottom, top, already_set_up=True)
+    GradientChecker().check(layer, bottom, top, already_set_up=True)
 
 
 def test_normalize_unit_norm_and_normalization2_esp_alias():

@@ -234,7 +234,7 @@ def layer_from_text(module: str, cls: str, param_str: str = "", phase=caffe.TRAI
 def test_gradient_times_ten(user_module):
     layer = layer_from_text(user_module(), "TimesTen")
     b, t = make_blob(np.random.RandomState(2).randn(2, 3, 4)), Blob((), dtype=np.float64)
-    assert GradientChecker(step=1e-2, threshold=1e-3).check(layer, [b], [t]) == 24
+    assert GradientChecker().check(layer, [b], [t]) == 24
 
 
 def test_gradient_of_input_and_learnable_blob(user_module):
@@ -243,7 +243,7 @@ def test_gradient_of_input_and_learnable_blob(user_module):
     layer.initialize([b], [t])
     assert layer.blobs[0].dtype == np.float64 and layer.param_propagate_down == [True]
     layer.blobs[0].data[...] = np.random.RandomState(4).randn(5)
-    n = GradientChecker(step=1e-2, threshold=1e-3).check(layer, [b], [t], already_set_up=True)
+    n = GradientChecker().check(layer, [b], [t], already_set_up=True)
     assert n == 20 + 5
 
 

@@ -1,5 +1,5 @@
 """RNN, LSTM, LSTMUnit: Caffe's blob layout, forward values against a per-step NumPy reference, sequence resets and
-state carry-over, exhaustive gradient checks with Caffe's thresholds (step 1e-2, threshold 1e-3), training in a net,
+state carry-over, exhaustive float64 gradient checks (step and threshold 1e-6), training in a net,
 and clear errors."""
 from __future__ import annotations
 
@@ -176,8 +176,8 @@ def test_one_step_at_a_time_carries_state_like_a_full_sequence(kind):
         assert np.all(top[0].data[0] != full[t])
 
 
-# --- gradients (Caffe's GradientChecker(1e-2, 1e-3), exhaustive) ---------------------------------------------
-CHECKER = GradientChecker(step=1e-2, threshold=1e-3)
+# --- gradients (exhaustive, float64 step and threshold 1e-6) ---------------------------------------------------
+CHECKER = GradientChecker()
 MIXED = np.arange(4).reshape(2, 2) > 2  # Caffe's "NonZeroContBufferSize2": cont_i = i > 2
 
 

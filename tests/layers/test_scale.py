@@ -1,5 +1,5 @@
 """Scale and Bias layers: shapes per Caffe (axis, num_axes, scalar, second bottom), values, exhaustive float64
-gradient checks (Caffe's threshold 1e-3), in-place use, accumulation into parameter diffs, errors.
+gradient checks (step and threshold 1e-6), in-place use, accumulation into parameter diffs, errors.
 The reference cases scale_* and bias_axis1 run end to end in tests/test_reference.py."""
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_scale_scalar_second_bottom_ignores_axis():
 def test_scale_gradient(text, arrays, in_place):
     layer = layer_of('type: "Scale" ' + text)
     bottom, top = setup(layer, *[rng(6 + i).randn(*s) for i, s in enumerate(arrays)], in_place=in_place)
-    n = GradientChecker(step=1e-2, threshold=1e-3).check(layer, bottom, top, already_set_up=True)
+    n = GradientChecker().check(layer, bottom, top, already_set_up=True)
     assert n >= sum(int(np.prod(s)) for s in arrays)
 
 
@@ -173,7 +173,7 @@ def test_bias_forward_and_gradient(text, arrays, in_place):
     axis = 0 if np.ndim(b) == 0 else p.axis % len(arrays[0])
     np.testing.assert_allclose(top[0].data, xs[0] + bcast(b, len(arrays[0]), axis), rtol=1e-13)
     bottom[0].data[...] = xs[0]
-    GradientChecker(step=1e-2, threshold=1e-3).check(layer, bottom, top, already_set_up=True)
+    GradientChecker().check(layer, bottom, top, already_set_up=True)
 
 
 def test_bias_default_filler_zero_and_shape_error():

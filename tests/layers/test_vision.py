@@ -216,7 +216,7 @@ def test_convolution_forward_matches_direct(mode, layout):
 def test_convolution_gradient(mode, layout):
     text, shape = CONV_MODES[mode]
     layer, b, t = setup_layer('type: "Convolution" convolution_param { %s %s }' % (text, GAUSS), gaussian(shape))
-    assert GradientChecker(step=1e-2, threshold=1e-3).check(layer, b, t, already_set_up=True) > 0
+    assert GradientChecker().check(layer, b, t, already_set_up=True) > 0
 
 
 def test_convolution_weight_shapes_and_filler():
@@ -390,7 +390,7 @@ def test_deconvolution_forward_matches_scatter(mode, layout):
 def test_deconvolution_gradient(mode, layout):
     text, shape = DECONV_MODES[mode]
     layer, b, t = setup_layer('type: "Deconvolution" convolution_param { %s %s }' % (text, GAUSS), gaussian(shape))
-    assert GradientChecker(step=1e-2, threshold=1e-3).check(layer, b, t, already_set_up=True) > 0
+    assert GradientChecker().check(layer, b, t, already_set_up=True) > 0
 
 
 def test_deconvolution_weight_shape_and_output_size():
@@ -504,7 +504,7 @@ def test_pooling_forward_matches_caffe_loops(mode):
 def test_pooling_gradient(mode):
     text, shape = POOL_MODES[mode][:2]
     layer, b, t = setup_layer('type: "Pooling" pooling_param { %s }' % text, distinct(shape, 2))
-    assert GradientChecker(step=1e-2, threshold=1e-3).check(layer, b, t, already_set_up=True) > 0
+    assert GradientChecker().check(layer, b, t, already_set_up=True) > 0
 
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
@@ -520,7 +520,7 @@ def test_global_pooling(method):
         np.testing.assert_array_equal(t[1].data[..., 0, 0], flat.argmax(axis=2))
     else:
         np.testing.assert_allclose(t[0].data[..., 0, 0], flat.mean(axis=2), rtol=1e-12)
-    checker = GradientChecker(step=1e-2, threshold=1e-3)
+    checker = GradientChecker()
     layer2, b2, t2 = setup_layer('type: "Pooling" pooling_param { pool: %s global_pooling: true }' % method, x)
     assert checker.check(layer2, b2, t2, already_set_up=True) > 0
 
