@@ -125,8 +125,7 @@ def _copy_weights(nets: Sequence, weights: str) -> None:
     """Caffe's CopyLayers: each comma-separated weights file is loaded into every net, in order."""
     for path in _split_list(weights):
         log.info("Finetuning from %s", path)
-        if not os.path.isfile(path):
-            raise PcnError("weights file not found: %s" % path)
+        _need_file(path, "weights file")
         for net in nets:
             net.copy_from(path)
 
@@ -141,6 +140,8 @@ def _need_file(path: str, what: str) -> None:
         raise PcnError("%s not found: %s" % (what, path))
     if os.path.isdir(path):
         raise PcnError("%s is a directory, not a file: %s" % (what, path))
+    if not os.path.isfile(path):  # /dev/zero, a FIFO: reading it would never end
+        raise PcnError("%s is not a regular file: %s" % (what, path))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,6 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with search_dirs(*_data_dirs(args.solver)):
         log.info("Starting Optimization")
         solver = get_solver(args.solver)
+        solver.allow_nan = args.allow_nan
         if args.weights and not args.snapshot:
             _copy_weights([solver.net] + list(solver.test_nets), args.weights)
         with _SignalActions(solver, args.sigint_effect, args.sighup_effect):
@@ -305,6 +307,14 @@ def cmd_time(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export_onnx import export_onnx
+
+    model = export_onnx(args.model, args.weights, args.out, args.opset)
+    log.info("Wrote %s: ONNX opset %d, %d nodes", args.out, args.opset, len(model.graph.node))
+    return 0
+
+
 def cmd_device_query(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -363,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--sighup_effect", choices=effects, default="snapshot",
                    help="what SIGHUP does (default: %(default)s)")
+    p.add_argument("--allow_nan", action="store_true",
+                   help="train on through a non-finite loss or parameter, as Caffe does (default: stop with an "
+                        "error naming the iteration and the first layer that went non-finite)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="score a model: average its outputs over --iterations batches")
@@ -376,6 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma-separated .caffemodel files (optional)")
     common(p, "TRAIN")
     p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("export", help="export a deploy net with its weights to another format")
+    formats = p.add_subparsers(dest="format", metavar="format", parser_class=_Parser)
+    formats.required = True
+    q = formats.add_parser("onnx", help="an ONNX model (needs pycaffe_norm[onnx]; docs/onnx.md)")
+    q.add_argument("model", help="the deploy net prototxt (Input layers, no data or loss layers)")
+    q.add_argument("weights", help="the .caffemodel (or .h5) weights")
+    q.add_argument("out", help="the .onnx file to write")
+    q.add_argument("--opset", type=int, default=17, help="ONNX opset version, 13 or newer (default: %(default)s)")
+    q.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("device_query", help="show the GPU's properties")
     p.add_argument("--gpu", help="device id (default: all)")

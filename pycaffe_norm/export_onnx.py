@@ -1,0 +1,532 @@
+"""ONNX export of deploy nets: ``pcn export onnx MODEL WEIGHTS OUT.onnx [--opset N]``.
+
+The exporter builds the net with pcn (TEST phase, the given weights) and translates it layer by layer from the
+parameters pcn itself resolved, so the ONNX graph computes what pcn computes: Caffe's pooling output size and AVE
+divisor, BatchNorm's scale-factor blob, LRN's window conventions and the MyCaffe normalization layers are written
+out as ONNX operators or exact compositions of them. A layer ONNX cannot express is refused by name; all such layers
+are listed in one error line. The mapping of every layer type is documented in docs/onnx.md.
+
+Needs the ``onnx`` package (``pip install 'pycaffe_norm[onnx]'``); ``onnxruntime`` is only needed to run the result.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import backend, prototxt
+from .errors import PcnError
+from .proto import caffe_pb2
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13          # Softmax over one axis, Split sizes and ReduceSum axes as inputs
+_REDUCE_AXES_INPUT_OPSET = 18   # ReduceMean/ReduceL1/ReduceL2 take their axes as an input from here on
+_FLT_MAX = float(np.finfo(np.float32).max)
+_PP = caffe_pb2.PoolingParameter
+_EP = caffe_pb2.EltwiseParameter
+
+
+class _Refused(Exception):
+    """A supported layer type whose parameters ONNX cannot express; the message says which."""
+
+
+def _onnx():
+    try:
+        import onnx
+        from onnx import helper, numpy_helper  # noqa: F401
+    except ImportError:
+        raise PcnError("ONNX export needs the onnx package: pip install 'pycaffe_norm[onnx]'") from None
+    return onnx
+
+
+# ----------------------------------------------------------------------------------------------------
+# graph builder
+# ----------------------------------------------------------------------------------------------------
+
+class _Graph:
+    """Collects nodes and initializers, and hands out unique value names."""
+
+    def __init__(self, opset: int):
+        onnx = _onnx()
+        self.helper = onnx.helper
+        self.numpy_helper = onnx.numpy_helper
+        self.opset = opset
+        self.nodes: list = []
+        self.initializers: list = []
+        self.used: set = set()
+        self.layer = ""         # the layer being translated: prefix of node and constant names
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name = "%s_%d" % (base, k)
+            k += 1
+        self.used.add(name)
+        return name
+
+    def const(self, what: str, value, dtype=np.float32) -> str:
+        name = self.fresh("%s/%s" % (self.layer, what))
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype)), name))
+        return name
+
+    def ints(self, what: str, values: Sequence[int]) -> str:
+        return self.const(what, np.asarray(values, np.int64), np.int64)
+
+    def op(self, op_type: str, inputs: Sequence[str], out: Optional[str] = None, **attrs) -> str:
+        """Adds one node with one output (named ``out``, or a fresh name after the layer and op) and returns it."""
+        out = out if out is not None else self.fresh("%s/%s" % (self.layer, op_type))
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], name=self.fresh(out + ":node"),
+                                                **attrs))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], out: Optional[str] = None) -> str:
+        """Reduce* with keepdims over ``axes``: an attribute before opset 18 (13 for ReduceSum), an input after."""
+        since = 13 if op_type == "ReduceSum" else _REDUCE_AXES_INPUT_OPSET
+        if self.opset >= since:
+            return self.op(op_type, [x, self.ints("axes", axes)], out, keepdims=1)
+        return self.op(op_type, [x], out, axes=list(axes), keepdims=1)
+
+    def reshape(self, x: str, shape: Sequence[int], out: Optional[str] = None) -> str:
+        return self.op("Reshape", [x, self.ints("shape", shape)], out)
+
+    def safe_reciprocal(self, norm: str) -> str:
+        """1/norm, and 0 where norm is 0 (pcn's rule: an all-zero group normalises to 0)."""
+        zero = self.const("zero", 0.0)
+        return self.op("Where", [self.op("Equal", [norm, zero]), zero, self.op("Reciprocal", [norm])])
+
+
+def _channel_shaped(values, ndim: int) -> np.ndarray:
+    """A per-channel vector shaped (C, 1, ...) to broadcast over axis 1 of an ``ndim``-D tensor."""
+    v = np.asarray(values, np.float32).reshape(-1)
+    return v.reshape((v.size,) + (1,) * max(ndim - 2, 0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# layer translations: each gets the graph, the pcn layer, its bottom value names, bottom and top blobs and the
+# names its tops must take, and returns the value name of every top (a bottom's name where it only passes it on)
+# ----------------------------------------------------------------------------------------------------
+
+Converter = Callable[["_Graph", object, List[str], list, list, List[str]], List[str]]
+_CONVERTERS: Dict[str, Converter] = {}
+
+
+def _converts(*types: str):
+    def deco(fn: Converter) -> Converter:
+        for t in types:
+            _CONVERTERS[t] = fn
+        return fn
+    return deco
+
+
+def _data(blob) -> np.ndarray:
+    return np.asarray(backend.to_numpy(blob.data), np.float32)
+
+
+@_converts("Input")
+def _input(g, layer, xs, bottoms, tops, outs):
+    return outs     # graph inputs; added by the caller
+
+
+@_converts("Split")
+def _split(g, layer, xs, bottoms, tops, outs):
+    return [xs[0]] * len(tops)
+
+
+@_converts("Silence")
+def _silence(g, layer, xs, bottoms, tops, outs):
+    return []
+
+
+def _conv_attrs(layer) -> dict:
+    if layer.channel_axis != 1:
+        raise _Refused("convolution_param.axis %d (ONNX convolves over axis 1)" % layer.channel_axis)
+    return dict(kernel_shape=list(layer.kernel), strides=list(layer.stride), dilations=list(layer.dilation),
+                pads=list(layer.pad) * 2, group=layer.group)
+
+
+@_converts("Convolution", "Deconvolution")
+def _convolution(g, layer, xs, bottoms, tops, outs):
+    attrs = _conv_attrs(layer)
+    # Deconvolution's weights (C_in, num_output / group, *kernel) are ConvTranspose's layout as they are; with
+    # no output_padding ConvTranspose's size, stride * (in - 1) + dilated kernel - 2 pad, is Caffe's.
+    op_type = "ConvTranspose" if layer.reverse else "Conv"
+    params = [g.const("weight", _data(layer.blobs[0]))]
+    if layer.bias_term:
+        params.append(g.const("bias", _data(layer.blobs[1])))
+    return [g.op(op_type, [x] + params, out, **attrs) for x, out in zip(xs, outs)]
+
+
+def _pool_end_pad(size: int, out: int, kernel: int, stride: int, pad: int) -> int:
+    """End padding that makes floor-mode pooling give Caffe's ``out`` windows: the last window starts at
+    (out - 1) * stride - pad and must fit, so the padded extent is at least (out - 1) * stride + kernel."""
+    end = max((out - 1) * stride + kernel - size - pad, 0)
+    assert (size + pad + end - kernel) // stride + 1 == out
+    return end
+
+
+@_converts("Pooling")
+def _pooling(g, layer, xs, bottoms, tops, outs):
+    if len(tops) > 1:
+        raise _Refused("a second top (the MAX argmax mask)")
+    n, c, h, w = bottoms[0].shape
+    x, out = xs[0], outs[0]
+    if layer.kernel == (h, w) and not any(layer.pad):
+        return [g.op("GlobalMaxPool" if layer.method == _PP.MAX else "GlobalAveragePool", [x], out)]
+    # Caffe's output size (ceil or floor, the last window starting inside the image or its left padding) is
+    # reproduced in floor mode with an explicit end padding; ONNX pads must stay smaller than the kernel, so a
+    # wider end padding (stride > kernel with ceil rounding) is an explicit Pad.
+    begin = list(layer.pad)
+    end = [_pool_end_pad(size, o, k, s, p)
+           for size, o, k, s, p in zip((h, w), layer.out, layer.kernel, layer.stride, layer.pad)]
+    attrs = dict(kernel_shape=list(layer.kernel), strides=list(layer.stride))
+    is_max = layer.method == _PP.MAX
+    if all(e < k for e, k in zip(end, layer.kernel)):
+        attrs["pads"] = begin + end
+    else:
+        # MAX: Caffe's empty windows give -FLT_MAX, which is what a -FLT_MAX padding gives
+        fill = g.const("pad_value", -_FLT_MAX if is_max else 0.0)
+        x = g.op("Pad", [x, g.ints("pads", [0, 0] + begin + [0, 0] + end), fill], mode="constant")
+    if is_max:
+        return [g.op("MaxPool", [x], out, **attrs)]
+    # AVE: every window lies inside the padded extent, so count_include_pad divides by kh * kw everywhere;
+    # Caffe divides by the window clipped to [-pad, size + pad): rescale where the two differ.
+    sizes = []
+    for size, k, s, p, o in zip((h, w), layer.kernel, layer.stride, layer.pad, layer.out):
+        start = np.arange(o) * s - p
+        sizes.append(np.minimum(start + k, size + p) - start)
+    area = np.maximum(np.outer(sizes[0], sizes[1]), 1).astype(np.float64)
+    full = float(layer.kernel[0] * layer.kernel[1])
+    if np.all(area == full):
+        return [g.op("AveragePool", [x], out, count_include_pad=1, **attrs)]
+    mean = g.op("AveragePool", [x], None, count_include_pad=1, **attrs)
+    return [g.op("Mul", [mean, g.const("area_rescale", full / area)], out)]
+
+
+@_converts("InnerProduct")
+def _inner_product(g, layer, xs, bottoms, tops, outs):
+    shape = bottoms[0].shape
+    axis = layer.axis
+    flat = g.op("Flatten", [xs[0]], axis=axis)
+    inputs = [flat, g.const("weight", _data(layer.blobs[0]))]
+    if layer.bias_term:
+        inputs.append(g.const("bias", _data(layer.blobs[1])))
+    if axis == 1:
+        return [g.op("Gemm", inputs, outs[0], transB=0 if layer.transpose else 1)]
+    y = g.op("Gemm", inputs, None, transB=0 if layer.transpose else 1)
+    return [g.reshape(y, tuple(shape[:axis]) + (layer.num_output,), outs[0])]
+
+
+@_converts("ReLU")
+def _relu(g, layer, xs, bottoms, tops, outs):
+    if layer.negative_slope == 0:
+        return [g.op("Relu", xs, outs[0])]
+    return [g.op("LeakyRelu", xs, outs[0], alpha=layer.negative_slope)]
+
+
+@_converts("PReLU")
+def _prelu(g, layer, xs, bottoms, tops, outs):
+    slope = _data(layer.blobs[0])
+    slope = slope.reshape(1) if layer.channel_shared else _channel_shaped(slope, bottoms[0].num_axes)
+    return [g.op("PRelu", [xs[0], g.const("slope", slope)], outs[0])]
+
+
+@_converts("ELU")
+def _elu(g, layer, xs, bottoms, tops, outs):
+    return [g.op("Elu", xs, outs[0], alpha=layer.alpha)]
+
+
+@_converts("Sigmoid")
+def _sigmoid(g, layer, xs, bottoms, tops, outs):
+    return [g.op("Sigmoid", xs, outs[0])]
+
+
+@_converts("TanH")
+def _tanh(g, layer, xs, bottoms, tops, outs):
+    return [g.op("Tanh", xs, outs[0])]
+
+
+@_converts("Softmax")
+def _softmax(g, layer, xs, bottoms, tops, outs):
+    return [g.op("Softmax", xs, outs[0], axis=layer.axis)]
+
+
+@_converts("Dropout")
+def _dropout(g, layer, xs, bottoms, tops, outs):
+    if layer.scale_train:       # TEST: the identity
+        return [g.op("Identity", xs, outs[0])]
+    return [g.op("Mul", [xs[0], g.const("keep", 1.0 - layer.ratio)], outs[0])]
+
+
+@_converts("Concat")
+def _concat(g, layer, xs, bottoms, tops, outs):
+    return [g.op("Concat", xs, outs[0], axis=layer.axis)]
+
+
+@_converts("Slice")
+def _slice(g, layer, xs, bottoms, tops, outs):
+    sizes = [e - b for b, e in zip(layer.bounds, layer.bounds[1:])]
+    if len(outs) == 1:
+        return [g.op("Identity", xs, outs[0])]
+    g.nodes.append(g.helper.make_node("Split", [xs[0], g.ints("split", sizes)], list(outs),
+                                      name=g.fresh(g.layer + ":node"), axis=layer.axis))
+    return list(outs)
+
+
+@_converts("Eltwise")
+def _eltwise(g, layer, xs, bottoms, tops, outs):
+    if layer.op == _EP.MAX:
+        return [g.op("Max", xs, outs[0])]
+    if layer.op == _EP.PROD:
+        acc = xs[0]
+        for i, x in enumerate(xs[1:], 1):
+            acc = g.op("Mul", [acc, x], outs[0] if i == len(xs) - 1 else None)
+        return [acc]
+    # SUM, in pcn's order: c0 * x0 + c1 * x1 + ...
+    terms = [x if c == 1 else g.op("Mul", [x, g.const("coeff", c)]) for x, c in zip(xs, layer.coeffs)]
+    acc = terms[0]
+    for i, t in enumerate(terms[1:], 1):
+        acc = g.op("Add", [acc, t], outs[0] if i == len(terms) - 1 else None)
+    return [acc]
+
+
+@_converts("Flatten", "Reshape")
+def _reshape(g, layer, xs, bottoms, tops, outs):
+    return [g.reshape(xs[0], tops[0].shape, outs[0])]
+
+
+def _param_broadcast_shape(bottom, param_shape: Tuple[int, ...], axis: int) -> Tuple[int, ...]:
+    """A Scale/Bias parameter of ``param_shape`` applied at ``axis``, shaped to broadcast over ``bottom``."""
+    if len(param_shape) == 0:
+        return ()
+    axis = bottom.canonical_axis(axis)
+    return tuple(param_shape) + (1,) * (bottom.num_axes - axis - len(param_shape))
+
+
+def _apply_param(g, op_type: str, x: str, what: str, param, bottom, axis: int, out: Optional[str],
+                 from_bottom: Optional[str] = None) -> str:
+    shape = _param_broadcast_shape(bottom, tuple(param.shape), axis)
+    if from_bottom is not None:
+        value = g.reshape(from_bottom, shape) if shape != tuple(param.shape) else from_bottom
+    else:
+        value = g.const(what, _data(param).reshape(shape))
+    return g.op(op_type, [x, value], out)
+
+
+@_converts("Scale")
+def _scale(g, layer, xs, bottoms, tops, outs):
+    axis = layer.layer_param.scale_param.axis
+    two = len(bottoms) > 1
+    scale = bottoms[1] if two else layer.blobs[0]
+    last = layer.bias_index is None
+    y = _apply_param(g, "Mul", xs[0], "scale", scale, bottoms[0], axis, outs[0] if last else None,
+                     xs[1] if two else None)
+    if last:
+        return [y]
+    return [_apply_param(g, "Add", y, "bias", layer.blobs[layer.bias_index], bottoms[0], axis, outs[0])]
+
+
+@_converts("Bias")
+def _bias(g, layer, xs, bottoms, tops, outs):
+    two = len(bottoms) > 1
+    bias = bottoms[1] if two else layer.blobs[0]
+    return [_apply_param(g, "Add", xs[0], "bias", bias, bottoms[0], layer.layer_param.bias_param.axis, outs[0],
+                         xs[1] if two else None)]
+
+
+@_converts("BatchNorm")
+def _batch_norm(g, layer, xs, bottoms, tops, outs):
+    if not layer.use_global_stats:
+        raise _Refused("normalises with batch statistics (use_global_stats: false)")
+    # pcn's arithmetic in float32: mean = blob0 / S, var = blob1 / S, y = (x - mean) * 1 / sqrt(var + eps)
+    s = float(_data(layer.blobs[2]).reshape(-1)[0])
+    factor = np.float32(0 if s == 0 else 1 / s)
+    mean = _data(layer.blobs[0]) * factor
+    var = _data(layer.blobs[1]) * factor
+    inv_std = (1 / np.sqrt(var + np.float32(layer.eps))).astype(np.float32)
+    ndim = bottoms[0].num_axes
+    y = g.op("Sub", [xs[0], g.const("mean", _channel_shaped(mean, ndim))])
+    if not layer.scale_bias:
+        return [g.op("Mul", [y, g.const("inv_std", _channel_shaped(inv_std, ndim))], outs[0])]
+    y = g.op("Mul", [y, g.const("inv_std", _channel_shaped(inv_std, ndim))])
+    y = g.op("Mul", [y, g.const("scale", _channel_shaped(_data(layer.blobs[3]), ndim))])
+    return [g.op("Add", [y, g.const("bias", _channel_shaped(_data(layer.blobs[4]), ndim))], outs[0])]
+
+
+@_converts("LRN")
+def _lrn(g, layer, xs, bottoms, tops, outs):
+    x, shape = xs[0], bottoms[0].shape
+    if not layer.within:
+        # ONNX LRN divides alpha by size and centres the window as Caffe does: the parameters carry over.
+        # onnxruntime's LRN takes 4-D input only: other ranks go through (N, C, rest, 1).
+        attrs = dict(size=layer.size, alpha=layer.alpha, beta=layer.beta, bias=layer.k)
+        if len(shape) == 4:
+            return [g.op("LRN", [x], outs[0], **attrs)]
+        rest = int(np.prod(shape[2:], dtype=np.int64))
+        y = g.op("LRN", [g.reshape(x, (shape[0], shape[1], rest, 1))], None, **attrs)
+        return [g.reshape(y, shape, outs[0])]
+    # WITHIN_CHANNEL, as Caffe builds it: x * (1 + alpha * mean of x^2 over the zero-padded size x size window)
+    # ^ -beta; every window lies inside the padded input, so AveragePool's divisor is size^2 (k is unused)
+    half = (layer.size - 1) // 2
+    sq = g.op("Mul", [x, x])
+    mean = g.op("AveragePool", [sq], kernel_shape=[layer.size] * 2, strides=[1, 1], pads=[half] * 4,
+                count_include_pad=1)
+    scale = g.op("Add", [g.op("Mul", [mean, g.const("alpha", layer.alpha)]), g.const("one", 1.0)])
+    return [g.op("Mul", [x, g.op("Pow", [scale, g.const("neg_beta", -layer.beta)])], outs[0])]
+
+
+@_converts("MVN")
+def _mvn(g, layer, xs, bottoms, tops, outs):
+    shape = bottoms[0].shape
+    groups = layer._groups(bottoms[0])
+    rows = g.reshape(xs[0], (groups, -1))
+    centred = g.op("Sub", [rows, g.reduce("ReduceMean", rows, [1])])
+    if layer.normalize_variance:
+        # eps is added to the standard deviation, outside the square root
+        std = g.op("Sqrt", [g.reduce("ReduceMean", g.op("Mul", [centred, centred]), [1])])
+        centred = g.op("Div", [centred, g.op("Add", [std, g.const("eps", layer.eps)])])
+    return [g.reshape(centred, shape, outs[0])]
+
+
+@_converts("Normalization1")
+def _normalization1(g, layer, xs, bottoms, tops, outs):
+    shape = bottoms[0].shape
+    rows = g.reshape(xs[0], (shape[0], -1))
+    norm = g.reduce("ReduceL1" if layer.l1 else "ReduceL2", rows, [1])
+    y = g.op("Mul", [rows, g.safe_reciprocal(norm)])
+    return [g.reshape(y, shape, outs[0])]
+
+
+@_converts("GRN", "GlobResNorm", "globresnet")
+def _grn(g, layer, xs, bottoms, tops, outs):
+    if bottoms[0].num_axes < 2:
+        raise _Refused("a bottom of fewer than 2 axes")
+    norm = g.reduce("ReduceL2", xs[0], [1])
+    return [g.op("Mul", [xs[0], g.safe_reciprocal(norm)], outs[0])]
+
+
+@_converts("Normalize", "Normalization2")
+def _normalize(g, layer, xs, bottoms, tops, outs):
+    x, ndim = xs[0], bottoms[0].num_axes
+    if ndim < 2:
+        raise _Refused("a bottom of fewer than 2 axes")
+    axes = list(range(1, ndim)) if layer.across_spatial else [1]
+    sum_sq = g.reduce("ReduceSum", g.op("Mul", [x, x]), axes)
+    norm = g.op("Sqrt", [g.op("Add", [sum_sq, g.const("eps", layer.eps)])])
+    xhat = g.op("Div", [x, norm])
+    scale = _data(layer.blobs[0])
+    scale = scale.reshape(()) if layer.channel_shared else _channel_shaped(scale, ndim)
+    return [g.op("Mul", [xhat, g.const("scale", scale)], outs[0])]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the net
+# ----------------------------------------------------------------------------------------------------
+
+def supported_layer_types() -> List[str]:
+    """The layer types the exporter translates (some parameter settings of them are still refused)."""
+    return sorted(_CONVERTERS)
+
+
+def _refusal(items: List[Tuple[str, str, str]]) -> PcnError:
+    listed = ", ".join("%r (%s%s)" % (name, type_, ": " + why if why else "") for name, type_, why in items)
+    return PcnError("ONNX export cannot express %s: %s; export a deploy net (Input layers, no data, loss or "
+                    "accuracy layers)" % ("this layer" if len(items) == 1 else "these %d layers" % len(items),
+                                          listed))
+
+
+def _check_opset(opset: int) -> None:
+    top = _onnx().defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= top:
+        raise PcnError("--opset %d: pcn exports ONNX opsets %d to %d (the installed onnx package's newest)"
+                       % (opset, MIN_OPSET, top))
+
+
+def refused_layers(param: caffe_pb2.NetParameter) -> List[Tuple[str, str, str]]:
+    """(name, type, reason) of every layer of a TEST-phase NetParameter whose type ONNX export does not know."""
+    return [(lp.name, lp.type, "") for lp in param.layer if lp.type not in _CONVERTERS]
+
+
+def export_net(net, opset: int = DEFAULT_OPSET):
+    """The ONNX ModelProto computing ``net``'s forward pass (its Input blobs in, its output blobs out)."""
+    onnx = _onnx()
+    helper = onnx.helper
+    _check_opset(opset)
+    refused = [(lp.name, lp.type, "") for lp in net.layer_params if lp.type not in _CONVERTERS]
+    g = _Graph(opset)
+    inputs = set(net.inputs)
+    g.used.update(inputs)
+    last_writer = {}
+    for i, lp in enumerate(net.layer_params):
+        for name in lp.top:
+            last_writer[name] = i
+    current: Dict[str, str] = {name: name for name in inputs}
+    for i, (layer, lp) in enumerate(zip(net.layers, net.layer_params)):
+        convert = _CONVERTERS.get(lp.type)
+        outs = []
+        for name in lp.top:
+            final = last_writer[name] == i and name not in inputs and lp.type != "Input"
+            outs.append(name if final and name not in g.used else g.fresh("%s/%s" % (name, lp.name)))
+            if final:
+                g.used.add(name)
+        g.layer = lp.name
+        if lp.type == "Input":
+            outs = list(lp.top)
+        elif convert is not None:
+            xs = [current[b] for b in lp.bottom]
+            try:
+                outs = convert(g, layer, xs, net.bottom_vecs[i], net.top_vecs[i], outs)
+            except _Refused as e:
+                refused.append((lp.name, lp.type, str(e)))
+        for name, value in zip(lp.top, outs):
+            current[name] = value
+    if refused:
+        raise _refusal(refused)
+    blobs = net.blobs
+    graph_inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(blobs[n].shape))
+                    for n in net.inputs]
+    graph_outputs = []
+    for name in net.outputs:
+        if name in inputs:
+            continue        # an Input blob no layer reads: not a result
+        if current[name] != name:     # the last layer only passed a value on (Split)
+            g.layer = name
+            g.op("Identity", [current[name]], name)
+        graph_outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(blobs[name].shape)))
+    graph = helper.make_graph(g.nodes, net.name or "pcn_net", graph_inputs, graph_outputs, g.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    from . import __version__ as version
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="pycaffe_norm", producer_version=version)
+    model.ir_version = helper.find_min_ir_version_for(opsets)    # what runtimes of that opset's era can load
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(model: str, weights: str, out: str, opset: int = DEFAULT_OPSET):
+    """Exports the deploy net ``model`` with ``weights`` to the ONNX file ``out``; returns the ModelProto."""
+    from .net import TEST, Net, filter_net
+    from .upgrade import upgrade_net
+
+    _onnx()
+    _check_opset(opset)
+    for path, what in ((model, "net prototxt"), (weights, "weights file")):
+        if not os.path.exists(path):
+            raise PcnError("%s not found: %s" % (what, path))
+        if os.path.isdir(path):
+            raise PcnError("%s is a directory, not a file: %s" % (what, path))
+    if os.path.isdir(out):
+        raise PcnError("output path is a directory: %s" % out)
+    # Refuse unknown types before building the net: a data layer would look for its database first.
+    param = upgrade_net(prototxt.read_text(model, caffe_pb2.NetParameter(), "net prototxt"))
+    param.state.phase = TEST
+    refused = refused_layers(filter_net(param))
+    if refused:
+        raise _refusal(refused)
+    net = Net(model, TEST, weights=weights)
+    onnx_model = export_net(net, opset)
+    data = onnx_model.SerializeToString()
+    prototxt.atomic_write(out, data)
+    return onnx_model
+
+
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "export_net", "export_onnx", "refused_layers", "supported_layer_types"]
