@@ -13,12 +13,30 @@ from typing import List
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
+from ..proto import caffe_pb2
 from .base import TRAIN, Layer, register
+
+_CUDNN = caffe_pb2.RecurrentParameter.CUDNN
 
 
 def _sigmoid(xp, a):
     # Same function as Caffe's 1 / (1 + exp(-a)), written so that it cannot overflow.
     return 0.5 * xp.tanh(0.5 * a) + 0.5
+
+
+def _check_caffe_engine(param) -> None:
+    """Refuses, by name, MyCaffe's recurrent_param settings that the CAFFE engine (this module) does not compute."""
+    p = param.recurrent_param
+    where = "layer %r (%s): recurrent_param." % (param.name, param.type)
+    if p.batch_first:
+        raise NetError(where + "batch_first: true needs engine: CUDNN in pcn (the CAFFE engine takes (T, N, ...))")
+    if p.auto_repeat_hidden_states_across_layers:
+        raise NetError(where + "auto_repeat_hidden_states_across_layers needs engine: CUDNN (MyCaffe's CAFFE "
+                       "engine refuses it too)")
+    for name in ("expose_hidden_input", "expose_hidden_output"):
+        if p.HasField(name) and getattr(p, name) != p.expose_hidden:
+            raise NetError(where + "%s differs from expose_hidden, which the CAFFE engine does not support; "
+                           "use engine: CUDNN or set expose_hidden" % name)
 
 
 class _RecurrentLayer(Layer):
@@ -32,6 +50,7 @@ class _RecurrentLayer(Layer):
     def __init__(self, param, phase: int = TRAIN):
         super().__init__(param, phase)
         p = param.recurrent_param
+        _check_caffe_engine(param)
         self.expose_hidden = bool(p.expose_hidden)
         n_state = len(self.state_names) if self.expose_hidden else 0
         # Caffe: x, cont, [x_static], [states...]; tops: output, [final states...].
@@ -235,6 +254,13 @@ class LSTMLayer(_RecurrentLayer):
     Blobs: W_xc (4H, I), b_c (4H,), [W_xc_static (4H, I_static)], W_hc (4H, H)."""
 
     state_names = ("h_0", "c_0")
+
+    def __new__(cls, param=None, phase: int = TRAIN):
+        # MyCaffe's engine: CUDNN is another algorithm and blob layout; like Caffe's layer factory, pick by engine.
+        if cls is LSTMLayer and param is not None and param.recurrent_param.engine == _CUDNN:
+            from .mycaffe_recurrent import CudnnLSTMLayer
+            return CudnnLSTMLayer(param, phase)
+        return super().__new__(cls)
 
     def param_specs(self, input_dim, static_dim):
         h4 = 4 * self.num_output
