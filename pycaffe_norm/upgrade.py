@@ -133,8 +133,9 @@ def _upgrade_format(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
 # case-insensitively and with or without underscores, so other spellings are matched that way (see _pcn_type).
 MYCAFFE_TYPE_NAMES = {"EXP": "Exp", "BatchReIndex": "BatchReindex", "Im2Col": "Im2col",
                       "softmax_loss": "SoftmaxWithLoss"}
-# MyCaffe layers whose name matches a pcn layer but which compute something else (own recurrent_param, cuDNN RNNs).
-_NOT_MYCAFFE_EQUIVALENT = {"LSTM", "RNN", "LSTMUnit"}
+# MyCaffe layers whose name matches a pcn layer but which compute something else. MyCaffe's Lstm and Rnn are pcn's
+# LSTM and RNN: the CAFFE engine is BVLC's, LSTM's CUDNN engine is layers/mycaffe_recurrent.py, RNN refuses CUDNN.
+_NOT_MYCAFFE_EQUIVALENT = {"LSTMUnit"}
 _RULE_PHASES = (caffe_pb2.RUN, caffe_pb2.NONE)
 _NET_FIELDS = ("enable_memory_stats", "enable_lora", "enable_lora_only_load", "model_type")
 

@@ -163,5 +163,5 @@ def test_mycaffe_type_spellings():
                                   'layer { name: "r" type: "relu" bottom: "e" top: "r" } '
                                   'layer { name: "s" type: "Softmax_Loss" bottom: "r" bottom: "data" top: "s" }'))
     assert [lp.type for lp in param.layer[1:]] == ["Exp", "ReLU", "SoftmaxWithLoss"]
-    with pytest.raises(NetError, match="unknown layer type 'Lstm'"):
-        caffe.Net(_net_text('layer { name: "l" type: "Lstm" bottom: "data" top: "l" }'), caffe.TRAIN)
+    with pytest.raises(NetError, match="unknown layer type 'Lstm_Unit'"):
+        caffe.Net(_net_text('layer { name: "l" type: "Lstm_Unit" bottom: "data" top: "l" }'), caffe.TRAIN)

@@ -28,6 +28,9 @@ def _check_caffe_engine(param) -> None:
     """Refuses, by name, MyCaffe's recurrent_param settings that the CAFFE engine (this module) does not compute."""
     p = param.recurrent_param
     where = "layer %r (%s): recurrent_param." % (param.name, param.type)
+    if p.engine == _CUDNN:  # LSTM's CUDNN engine never gets here (LSTMLayer.__new__)
+        raise NetError(where + "engine: CUDNN (MyCaffe's cuDNN RNN with ReLU) is not supported by pcn for %s; "
+                       "use engine: CAFFE" % param.type)
     if p.batch_first:
         raise NetError(where + "batch_first: true needs engine: CUDNN in pcn (the CAFFE engine takes (T, N, ...))")
     if p.auto_repeat_hidden_states_across_layers:
