@@ -7,9 +7,11 @@ from ..proto import caffe_pb2
 from . import (
     common,  # noqa: F401,E402  Split, Concat, Slice, Eltwise, Flatten, Reshape, Silence
     data,  # noqa: F401,E402  Input, HDF5Data
+    detection,  # noqa: F401,E402  Permute, PriorBox, SmoothL1Loss, MultiBoxLoss, DetectionOutput, DetectionEvaluate
     inner_product,  # noqa: F401,E402  InnerProduct
     loss,  # noqa: F401,E402  Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy
     mycaffe_loss,  # noqa: F401,E402  TripletLoss, MemoryLoss
+    mycaffe_vision,  # noqa: F401,E402  UnPooling
     mycaffe_recurrent,  # noqa: F401,E402  LSTM engine CUDNN, LstmSimple, LstmAttention
     neuron,  # noqa: F401,E402  ReLU, Sigmoid, TanH, AbsVal, ELU, Power, PReLU, Dropout
     normalization,  # noqa: F401,E402  BatchNorm, LRN, MVN, Normalization1, GRN, Normalize
