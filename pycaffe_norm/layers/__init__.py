@@ -11,8 +11,8 @@ from . import (
     inner_product,  # noqa: F401,E402  InnerProduct
     loss,  # noqa: F401,E402  Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy
     mycaffe_loss,  # noqa: F401,E402  TripletLoss, MemoryLoss
-    mycaffe_vision,  # noqa: F401,E402  UnPooling
     mycaffe_recurrent,  # noqa: F401,E402  LSTM engine CUDNN, LstmSimple, LstmAttention
+    mycaffe_vision,  # noqa: F401,E402  UnPooling
     neuron,  # noqa: F401,E402  ReLU, Sigmoid, TanH, AbsVal, ELU, Power, PReLU, Dropout
     normalization,  # noqa: F401,E402  BatchNorm, LRN, MVN, Normalization1, GRN, Normalize
     python_layer,  # noqa: F401,E402  Python (user layer classes, as in pycaffe)
