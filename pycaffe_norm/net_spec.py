@@ -158,9 +158,8 @@ class Function:
         self.inputs = tuple(inputs)
         for i, inp in enumerate(self.inputs):
             if not isinstance(inp, Top):
-                hint = " (a layer with ntop > 1 gives a tuple: pass its elements)" if isinstance(inp, tuple) else ""
-                raise TypeError("layers.%s: input %d is not a Top (got %s)%s" % (type_name, i, type(inp).__name__,
-                                                                                  hint))
+                # pycaffe's exact text, which its tests assert (a tuple comes from a layer with ntop > 1)
+                raise TypeError("%s input %d is not a Top (type is %s)" % (type_name, i, type(inp)))
         self.params = dict(params)
         self.ntop = self.params.pop("ntop", 1)
         self.in_place = self.params.pop("in_place", False)

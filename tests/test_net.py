@@ -189,6 +189,18 @@ def test_blob_proto_conversions():
     assert d.label == 3 and caffe.io.datum_to_array(d).shape == (1, 2, 2)
 
 
+def test_blob_proto_without_shape_is_a_scalar_or_a_value_error():
+    # pycaffe: no shape and no legacy dims reshape to (), so one value is a scalar and more are a ValueError.
+    one = caffe.io.blobproto_to_array(caffe_pb2.BlobProto(data=[7.5]))
+    assert one.shape == () and float(one) == 7.5
+    with pytest.raises(ValueError, match="holds 6 values but its shape \\(\\) needs 1"):
+        caffe.io.blobproto_to_array(caffe_pb2.BlobProto(data=[0] * 6))
+    # Any legacy field set means (num, channels, height, width), as in Caffe's Blob::FromProto.
+    legacy = caffe_pb2.BlobProto(height=2, width=3, num=1, channels=1, data=range(6))
+    legacy.shape.dim.extend([6])
+    assert caffe.io.blobproto_to_array(legacy).shape == (1, 1, 2, 3)
+
+
 @pytest.mark.parametrize("text, error, pattern", [
     ('layer { name: "x" type: "Nope" top: "x" }', NetError, "unknown layer type 'Nope'"),
     ('layer { name: "x" type: "ReLU" bottom: "missing" top: "x" }', NetError, "unknown bottom blob 'missing'"),

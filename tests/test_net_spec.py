@@ -251,6 +251,8 @@ def test_errors_on_wrong_objects():
         L.ReLU("data")
     with pytest.raises(TypeError, match="tuple"):
         n.both = L.Slice(n.data, ntop=2)
+    with pytest.raises(TypeError, match=r"^Silence input 0 is not a Top \(type is <class 'tuple'>\)$"):
+        L.Silence(L.Slice(n.data, ntop=2), ntop=0)  # pycaffe's exact text
     with pytest.raises(AttributeError, match="nothing"):
         n.nothing
     with pytest.raises(KeyError):  # pycaffe raised KeyError here

@@ -8,11 +8,16 @@ from ..errors import PcnError
 from ..proto import caffe_pb2
 
 
+class BlobProtoError(PcnError, ValueError):
+    """A BlobProto whose values do not fill its shape (a ValueError, as pycaffe's reshape raises)."""
+
+
 def blobproto_shape(blob: caffe_pb2.BlobProto) -> tuple:
-    """The blob's shape: ``shape.dim`` when present, else the legacy (num, channels, height, width)."""
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    return (blob.num, blob.channels, blob.height, blob.width)
+    """The blob's shape as Caffe's Blob::FromProto reads it: the legacy (num, channels, height, width) when any of
+    them is set, else ``shape.dim`` (no dims at all: a scalar)."""
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(int(d) for d in blob.shape.dim)
 
 
 def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> np.ndarray:
@@ -26,7 +31,7 @@ def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> 
     arr = np.array(values, dtype=dtype)
     count = int(np.prod(shape, dtype=np.int64))
     if arr.size != count:
-        raise PcnError("BlobProto holds %d values but its shape %s needs %d" % (arr.size, shape, count))
+        raise BlobProtoError("BlobProto holds %d values but its shape %s needs %d" % (arr.size, shape, count))
     return arr.reshape(shape)
 
 

@@ -64,6 +64,7 @@ _CAFFE_ALIASES = {
     "caffe": "pycaffe_norm", "caffe.proto": "pycaffe_norm.proto",
     "caffe.proto.caffe_pb2": "pycaffe_norm.proto.caffe_pb2", "caffe.io": "pycaffe_norm.io",
     "caffe.draw": "pycaffe_norm.draw", "caffe.net_spec": "pycaffe_norm.net_spec",
+    "caffe.coord_map": "pycaffe_norm.coord_map", "caffe.classifier": "pycaffe_norm.classifier",
 }
 
 
@@ -122,11 +123,15 @@ def _layer_class(param: caffe_pb2.LayerParameter):
             hint = "it subclasses BVLC pycaffe's caffe.Layer; " + hint
         raise _fail(param, "%s.%s is not a subclass of caffe.Layer (pycaffe_norm.Layer): %s"
                     % (pp.module, pp.layer, hint))
-    for verb in ("reshape", "forward"):
-        if getattr(obj, verb) is getattr(Layer, verb):
-            raise _fail(param, "class %s.%s does not define %s(), which every Python layer needs"
-                        % (pp.module, pp.layer, verb))
     return obj
+
+
+def _require_verbs(layer: Layer) -> None:
+    """A class without reshape() or forward() fails once setup has run, as in pycaffe (whose setup may raise)."""
+    for verb in ("reshape", "forward"):
+        if getattr(type(layer), verb) is getattr(Layer, verb):
+            raise _fail(layer.layer_param, "class %s.%s does not define %s(), which every Python layer needs"
+                        % (type(layer).__module__, type(layer).__qualname__, verb))
 
 
 def _initialize(layer: Layer, bottom: List[Blob], top: List[Blob]) -> None:
@@ -136,7 +141,13 @@ def _initialize(layer: Layer, bottom: List[Blob], top: List[Blob]) -> None:
         # The Net may have replaced blobs by a plain list (prototxt blobs); add_blob must still work.
         layer.blobs = BlobVec(layer.blobs, ref.dtype, ref.xp)
     try:
-        type(layer).initialize(layer, bottom, top)
+        # Layer.initialize, with the check for reshape() and forward() between setup and reshape
+        layer.check_blob_counts(bottom, top)
+        layer.setup(bottom, top)
+        _require_verbs(layer)
+        layer.reshape(bottom, top)
+        while len(layer.param_propagate_down) < len(layer.blobs):
+            layer.param_propagate_down.append(True)
     except (ValueError, IndexError) as e:
         raise PythonLayerError("layer %r (Python, %s.%s) raised %s during setup: %s"
                                % (layer.name, type(layer).__module__, type(layer).__qualname__,

@@ -147,6 +147,13 @@ class NoForward(caffe.Layer):
         pass
 
 
+class SetupRaises(caffe.Layer):
+    """Only setup: its exception must reach the caller before pcn asks for reshape()."""
+
+    def setup(self, bottom, top):
+        raise RuntimeError("setup refused")
+
+
 class NotALayer:
     def setup(self, bottom, top):
         pass
@@ -387,6 +394,12 @@ def test_class_without_forward(tmp_path, user_module):
         caffe.Net(net_with(tmp_path, user_module(), "NoForward"), caffe.TEST)
 
 
+def test_exception_from_setup_reaches_the_caller(tmp_path, user_module):
+    # As in pycaffe: setup runs first, so its own exception arrives, not a complaint about the missing reshape().
+    with pytest.raises(RuntimeError, match="setup refused"):
+        caffe.Net(net_with(tmp_path, user_module(), "SetupRaises"), caffe.TEST)
+
+
 @pytest.fixture
 def no_caffe_alias(monkeypatch):
     """Runs a test as if BVLC's pycaffe were not installed, and drops pcn's ``caffe`` aliases afterwards."""
@@ -414,8 +427,8 @@ def test_pycaffe_layer_file_with_import_caffe_runs_unchanged(tmp_path, user_modu
 
 
 def test_module_importing_a_caffe_part_pcn_lacks_gets_a_hint(tmp_path, user_module, no_caffe_alias):
-    module = user_module("import caffe.coord_map\n\n\nclass L(caffe.Layer):\n    pass\n")
-    with pytest.raises(NetError, match=r"imports 'caffe.coord_map'.*import pycaffe_norm as caffe"):
+    module = user_module("import caffe.detector\n\n\nclass L(caffe.Layer):\n    pass\n")
+    with pytest.raises(NetError, match=r"imports 'caffe.detector'.*import pycaffe_norm as caffe"):
         caffe.Net(net_with(tmp_path, module, "L"), caffe.TEST)
 
 
