@@ -268,6 +268,9 @@ class Solver:
     def test(self, test_net_id: int = 0) -> dict:
         """Runs ``test_iter`` forward passes of a test net; logs and returns the mean of each output."""
         p = self.param
+        if p.eval_type == "detection":        # SSD-Caffe: outputs are DetectionEvaluate rows, pooled into mAP
+            from .detection_eval import test_detection
+            return test_detection(self, test_net_id)
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
         net = self.test_nets[test_net_id]
         n = int(p.test_iter[test_net_id])
