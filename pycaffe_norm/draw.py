@@ -4,7 +4,8 @@ Layers are boxes labelled with their name and type (Pooling with its method; Con
 Pooling with kernel size, stride and pad), coloured by type; layers that work in place (one bottom that is also
 their top) are green. Blobs are grey octagons. Edges from a Data, Convolution, Deconvolution or InnerProduct layer
 to its tops are labelled with the batch size or ``num_output``. Formats other than DOT text (``png``, ``svg``,
-``pdf``, ...) are made by Graphviz's ``dot`` program, which must then be on PATH.
+``pdf``, ...) are made by Graphviz's ``dot`` program when it is on PATH; without it, PNG, SVG and PDF are drawn
+with matplotlib (the ``plot`` extra).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 from typing import List, Optional, Tuple
 
+from . import draw_render
 from .errors import PcnError
 from .proto import caffe_pb2
 from .prototxt import atomic_write
@@ -154,12 +156,14 @@ def draw_net_to_file(net: caffe_pb2.NetParameter, filename: str, rankdir: str = 
     ext = filename[filename.rfind(".") + 1:].lower() if "." in os.path.basename(filename) else ""
     if not ext:
         raise PcnError("%s has no extension; name the format with one (.dot, .png, .svg, .pdf, ...)" % filename)
-    text = net_to_dot(net, rankdir, phase, display_lrm=display_lrm)
-    atomic_write(filename, text.encode() if ext in TEXT_FORMATS else render(text, ext))
+    atomic_write(filename, draw_net(net, rankdir, ext, phase, display_lrm))
 
 
 def draw_net(net: caffe_pb2.NetParameter, rankdir: str = "LR", ext: str = "png", phase: Optional[int] = None,
              display_lrm: bool = False) -> bytes:
-    """The drawing as bytes in format ``ext`` (caffe.draw.draw_net)."""
+    """The drawing as bytes in format ``ext`` (caffe.draw.draw_net): DOT text, Graphviz's rendering, or without
+    Graphviz a PNG, SVG or PDF drawn with matplotlib (:mod:`pycaffe_norm.draw_render`)."""
+    if ext not in TEXT_FORMATS and shutil.which("dot") is None and ext in draw_render.FORMATS:
+        return draw_render.render(net, ext, rankdir, phase, display_lrm)
     text = net_to_dot(net, rankdir, phase, display_lrm=display_lrm)
     return text.encode() if ext in TEXT_FORMATS else render(text, ext)
