@@ -15,3 +15,7 @@ class NetError(PcnError):
 
 class ShapeError(NetError):
     """A blob shape that does not fit a layer: names the layer and both shapes."""
+
+
+class DivergenceError(PcnError):
+    """Training produced a non-finite loss or parameter: names the iteration and the first layer affected."""

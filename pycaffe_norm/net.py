@@ -277,6 +277,7 @@ class Net:
             if need_backward:
                 for tid in tids:
                     blob_need_backward[tid] = True
+        self._refuse_duplicate_param_layers()
         self._prune_backward(blob_need_backward)
         self.blob_need_backward = blob_need_backward
         self._warn_in_place_overwrites()
@@ -308,6 +309,8 @@ class Net:
                     log.warning("layer %r (%s): parameter blob %d holds statistics and cannot learn; its lr_mult %g "
                                 "is set to 0", lp.name, lp.type, i, spec.lr_mult)
                 lr_mult = 0.0
+            if lp.freeze_learning:   # MyCaffe: the layer's parameters are not updated
+                lr_mult = 0.0
             learns = lr_mult != 0
             need_backward |= learns
             layer.set_param_propagate_down(i, learns)
@@ -332,6 +335,20 @@ class Net:
             self.params_lr.append(lr_mult)
             self.params_weight_decay.append(spec.decay_mult)
         return need_backward
+
+    def _refuse_duplicate_param_layers(self) -> None:
+        """Weights are saved and loaded by layer name: two layers with parameters under one name would give
+        snapshots that cannot be loaded back."""
+        owners = {}
+        for i, (lp, layer) in enumerate(zip(self.layer_params, self.layers)):
+            if not layer.blobs:
+                continue
+            if lp.name in owners:
+                j = owners[lp.name]
+                raise NetError("layers #%d (%s) and #%d (%s) are both named %r and both have parameters; weights are "
+                               "saved and loaded by layer name, so give them different names"
+                               % (j, self.layer_params[j].type, i, lp.type, lp.name))
+            owners[lp.name] = i
 
     def _warn_in_place_overwrites(self) -> None:
         """Warns when an in-place layer overwrites a top that its producer reads in backward (e.g. LRN, MVN,

@@ -19,6 +19,8 @@ def _read_bytes(path: str, what: str) -> bytes:
         raise PcnError("%s not found: %s" % (what, path))
     if os.path.isdir(path):
         raise PcnError("%s is a directory, not a file: %s" % (what, path))
+    if not os.path.isfile(path):  # /dev/zero, a FIFO: reading it would never end
+        raise PcnError("%s is not a regular file: %s" % (what, path))
     with open(path, "rb") as f:
         return f.read()
 
@@ -43,11 +45,50 @@ def parse_text(text: str, msg, source: str = "<string>"):
 
 def read_text(path: str, msg, what: str = "prototxt file"):
     data = _read_bytes(path, what)
+    return parse_text(_decode_text(data, os.fspath(path)), msg, os.fspath(path))
+
+
+def _decode_text(data: bytes, path: str) -> str:
+    """The file as UTF-8 text. Other bytes are allowed in comments (protobuf's text format skips comments without
+    decoding them) and replaced there by U+FFFD; anywhere else the error names the byte, its line and column."""
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise PrototxtError("%s: not a text prototxt (is it a binary .caffemodel?)" % path) from None
-    return parse_text(text, msg, os.fspath(path))
+        pass
+    if b"\0" in data:
+        raise PrototxtError("%s: not a text prototxt (is it a binary .caffemodel?)" % path)
+    lines = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+            continue
+        except UnicodeDecodeError as e:
+            bad = e.start
+        comment = _comment_start(line)
+        if comment is None or bad < comment:
+            raise PrototxtError("%s:%d:%d: byte 0x%02x is not UTF-8 (outside comments a prototxt must be UTF-8 text)"
+                                % (path, number, bad + 1, line[bad]))
+        lines.append(line[:comment].decode("utf-8") + line[comment:].decode("utf-8", errors="replace"))
+    return "\n".join(lines)
+
+
+def _comment_start(line: bytes):
+    """The index of the ``#`` that starts a comment in ``line`` (not one inside a quoted string), or None."""
+    quote = None
+    i = 0
+    while i < len(line):
+        c = line[i:i + 1]
+        if quote is not None:
+            if c == b"\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in (b'"', b"'"):
+            quote = c
+        elif c == b"#":
+            return i
+        i += 1
+    return None
 
 
 def read_binary(path: str, msg, what: str = "binary proto file"):

@@ -1,7 +1,10 @@
 """Loading and saving net parameters: binary .caffemodel (NetParameter) and Caffe's HDF5 weights format."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import tempfile
 
 import numpy as np
 
@@ -10,6 +13,8 @@ from ..errors import PcnError, ShapeError
 from ..proto import caffe_pb2
 from ..upgrade import upgrade_v1_layer
 from .arrays import array_to_blobproto, blobproto_shape, blobproto_to_array
+
+log = logging.getLogger("pycaffe_norm")
 
 
 def _shape_matches(target_shape: tuple, blob: caffe_pb2.BlobProto) -> bool:
@@ -32,7 +37,10 @@ def _copy_into(net, layer_name: str, arrays_or_protos, source: str) -> None:
             if not _shape_matches(blob.shape, src):
                 raise ShapeError("%s: layer %r parameter %d has shape %s in the net but %s in the weights file"
                                  % (source, layer_name, i, blob.shape, blobproto_shape(src)))
-            values = blobproto_to_array(src).reshape(blob.shape)
+            try:
+                values = blobproto_to_array(src).reshape(blob.shape)
+            except PcnError as e:
+                raise PcnError("%s: layer %r parameter %d: %s" % (source, layer_name, i, e)) from None
         else:
             values = np.asarray(src)
             if values.shape != blob.shape:
@@ -42,7 +50,12 @@ def _copy_into(net, layer_name: str, arrays_or_protos, source: str) -> None:
 
 
 def load_weights(net, path: str) -> None:
-    """Copies parameters of same-named layers from a .caffemodel (or .h5); other layers are left as they are."""
+    """Copies parameters of same-named layers from a .caffemodel (or .h5); other layers are left as they are.
+
+    As Caffe's CopyTrainedLayersFrom, logs each layer copied and each source layer ignored; then warns about the
+    net's parameter layers the file did not set. A file that sets none of them is an error: the net would run on
+    its random initial weights without a word.
+    """
     path = os.fspath(path)
     if path.endswith(".h5"):
         load_hdf5(net, path)
@@ -50,9 +63,29 @@ def load_weights(net, path: str) -> None:
     param = prototxt.read_binary(path, caffe_pb2.NetParameter(), "weights file")
     layers = list(param.layer) if param.layer else [upgrade_v1_layer(v1) for v1 in param.layers]
     names = net.layer_dict
+    copied = set()
     for lp in layers:
-        if lp.name in names:
-            _copy_into(net, lp.name, list(lp.blobs), path)
+        if lp.name not in names:
+            log.info("Ignoring source layer %s", lp.name)
+            continue
+        log.info("Copying source layer %s", lp.name)
+        _copy_into(net, lp.name, list(lp.blobs), path)
+        if lp.blobs:
+            copied.add(lp.name)
+    _check_coverage(net, copied, path)
+
+
+def _check_coverage(net, copied: set, path: str) -> None:
+    """Warns about parameter layers left at their initialisation; refuses a file that set none of them."""
+    owners = [name for name, layer in net.layer_dict.items() if layer.blobs]
+    missing = [name for name in owners if name not in copied]
+    if owners and len(missing) == len(owners):
+        raise PcnError("%s sets no parameter of net %r: none of its layers with parameters (%s) is in the file "
+                       "(an empty or truncated file, or weights of another net?)"
+                       % (path, net.name, ", ".join(owners)))
+    if missing:
+        log.warning("%d of %d layers with parameters are not in %s and keep their initial values: %s",
+                    len(missing), len(owners), path, ", ".join(missing))
 
 
 def net_to_proto(net, write_diff: bool = False) -> caffe_pb2.NetParameter:
@@ -69,31 +102,83 @@ def net_to_proto(net, write_diff: bool = False) -> caffe_pb2.NetParameter:
     return out
 
 
-def save_hdf5(net, path: str) -> None:
-    """Caffe's HDF5 weights layout: /data/<layer>/<i> (and /diff/<layer>/<i> when asked), written atomically."""
+@contextlib.contextmanager
+def atomic_hdf5(path: str):
+    """Yields an h5py file open for writing that replaces ``path`` only once it is complete and on disk.
+
+    The temporary file sits next to ``path`` (``.tmp_<name>...``, as prototxt.atomic_write names its own), in a
+    folder created when missing; a failed write removes it. One left by a killed process is stale and is removed by
+    the solver at its next start (see ``solvers.solver.remove_stale_temporaries``).
+    """
     import h5py
 
     path = os.fspath(path)
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=directory)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_hdf5(net, path: str) -> None:
+    """Caffe's HDF5 weights layout: /data/<layer>/<i> (and /diff/<layer>/<i> when asked), written atomically."""
+    with atomic_hdf5(path) as f:
         data = f.create_group("data")
         for name, blobs in net.params.items():
             g = data.create_group(name)
             for i, b in enumerate(blobs):
                 g.create_dataset(str(i), data=backend.to_numpy(b.data))
-    os.replace(tmp, path)
 
 
 def load_hdf5(net, path: str) -> None:
+    """Copies parameters from Caffe's HDF5 weights layout (/data/<layer>/<i>); errors name the file."""
     import h5py
 
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise PcnError("weights file not found: %s" % path)
+    if not os.path.isfile(path):
+        raise PcnError("weights file is not a regular file: %s" % path)
     names = net.layer_dict
-    with h5py.File(path, "r") as f:
-        if "data" not in f:
-            raise PcnError("%s: not a Caffe HDF5 weights file (no /data group)" % path)
-        for name in f["data"]:
-            if name in names:
-                group = f["data"][name]
-                _copy_into(net, name, [group[str(i)][...] for i in range(len(group))], path)
+    copied = set()
+    try:
+        with h5py.File(path, "r") as f:
+            data = f.get("data")
+            if not isinstance(data, h5py.Group):
+                found = "no /data group" if data is None else "/data is a dataset, not a group: a data .h5 file?"
+                raise PcnError("%s: not a Caffe HDF5 weights file (%s)" % (path, found))
+            for name in data:
+                if name not in names:
+                    log.info("Ignoring source layer %s", name)
+                    continue
+                group = data[name]
+                if not isinstance(group, h5py.Group):
+                    raise PcnError("%s: /data/%s is not a group of parameter blobs" % (path, name))
+                log.info("Copying source layer %s", name)
+                arrays = []
+                for i in range(len(group)):
+                    if str(i) not in group:
+                        raise PcnError("%s: /data/%s has no blob %d (its blobs are named 0, 1, ...)" % (path, name, i))
+                    arrays.append(group[str(i)][...])
+                _copy_into(net, name, arrays, path)
+                if arrays:
+                    copied.add(name)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        raise PcnError("%s: cannot read as Caffe HDF5 weights (%s)" % (path, _one_line(e))) from None
+    _check_coverage(net, copied, path)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

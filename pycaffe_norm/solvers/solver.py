@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from typing import Callable, List, Optional
 
@@ -12,8 +13,9 @@ import numpy as np
 from .. import backend, prototxt
 from ..blob import Blob
 from ..data.paths import resolve_path
-from ..errors import PcnError
+from ..errors import DivergenceError, PcnError
 from ..io.arrays import array_to_blobproto, blobproto_to_array
+from ..io.weights import atomic_hdf5
 from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2
 from ..random import set_random_seed
@@ -46,6 +48,67 @@ def _resolve(path: str, solver_path: Optional[str]) -> str:
     return resolve_path(path, anchors) or path
 
 
+def remove_stale_temporaries(prefix: str) -> List[str]:
+    """Removes the temporary files that an interrupted snapshot under ``prefix`` left (a kill during the write):
+    ``.tmp_<name>_iter_*`` of the atomic writes, and ``<name>_iter_*.tmp`` of older pcn versions."""
+    directory = os.path.dirname(os.path.abspath(prefix)) if prefix else os.getcwd()
+    base = os.path.basename(prefix)
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        stale = entry.startswith(".tmp_%s_iter_" % base) or (entry.startswith("%s_iter_" % base)
+                                                               and entry.endswith(".tmp"))
+        path = os.path.join(directory, entry)
+        if stale and os.path.isfile(path):
+            log.info("Removing %s, left by an interrupted snapshot", path)
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def check_snapshot_prefix(prefix: str) -> None:
+    """Caffe's CheckSnapshotWritePermissions, before any iteration: the snapshot folder is created when missing
+    (as both snapshot formats would) and a probe file written and removed there."""
+    directory = os.path.dirname(os.path.abspath(prefix)) if prefix else os.getcwd()
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp_%s_probe" % os.path.basename(prefix), dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise PcnError("cannot write to snapshot_prefix %r (%s: %s); make sure its folder can be created and is "
+                       "writable" % (prefix, reason, e.filename or directory)) from None
+    remove_stale_temporaries(prefix)
+
+
+def _read_state_hdf5(path: str):
+    """(iter, current_step, learned_net, history arrays) of an HDF5 solver state; anything unexpected in the file
+    is a one-line error naming it."""
+    import h5py
+
+    if not os.path.exists(path):
+        raise PcnError("solver state file not found: %s" % path)
+    if not os.path.isfile(path):
+        raise PcnError("solver state file is not a regular file: %s" % path)
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("iter", "current_step", "learned_net", "history") if k not in f]
+            if missing:
+                raise PcnError("%s: not a pcn/Caffe HDF5 solver state (no %s)" % (path, ", ".join(missing)))
+            it, step = int(f["iter"][()]), int(f["current_step"][()])
+            learned = f["learned_net"][()]
+            learned = learned.decode() if isinstance(learned, bytes) else str(learned)
+            group = f["history"]
+            history = [np.asarray(group[str(i)][...], dtype=np.float64) for i in range(len(group))]
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, UnicodeDecodeError) as e:
+        raise PcnError("%s: cannot read as an HDF5 solver state (%s)" % (path, " ".join(str(e).split()))) from None
+    return it, step, learned, history
+
+
 class Solver:
     """Base class: subclasses implement ``compute_update_value(param_id, rate)`` (Caffe's update rules)."""
 
@@ -68,7 +131,12 @@ class Solver:
         self.requested_early_exit = False
         self._losses: List[float] = []
         self.smoothed_loss = 0.0
+        # Caffe trains on through NaN and infinity; pcn stops at the first non-finite loss or parameter unless
+        # this is True (pcn train --allow_nan).
+        self.allow_nan = False
         self.check_param()
+        if param.snapshot > 0:
+            check_snapshot_prefix(param.snapshot_prefix)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
         self.history = [Blob(p.shape, dtype=p.dtype, xp=p.xp)
@@ -125,6 +193,9 @@ class Solver:
             raise PcnError("solver: test_state must be given once per test net or not at all")
         if sources and p.test_interval <= 0:
             raise PcnError("solver: test nets need test_interval > 0")
+        for i, n in enumerate(list(p.test_iter)[:len(sources)]):
+            if n <= 0:
+                raise PcnError("solver: test_iter must be > 0 (test net #%d has test_iter: %d)" % (i, n))
         nets = []
         for i, (which, net_param) in enumerate(sources):
             param = caffe_pb2.NetParameter()
@@ -147,7 +218,18 @@ class Solver:
         it = self.iter if it is None else it
         step = self.current_step if current_step is None else current_step
         policy = p.lr_policy
-        base, gamma, power = float(np.float32(p.base_lr)), float(np.float32(p.gamma)), float(np.float32(p.power))
+        base, gamma, power = np.float64(np.float32(p.base_lr)), np.float64(np.float32(p.gamma)), \
+            np.float64(np.float32(p.power))
+        with np.errstate(all="ignore"):  # as in C: overflow gives inf, an undefined power NaN; judged below
+            rate, step = self._rate(policy, base, gamma, power, it, step)
+            rate32 = np.float32(rate)
+        if not np.isfinite(rate32):
+            raise PcnError("solver: lr_policy %r gives the learning rate %s at iteration %d (base_lr %g, gamma %g, "
+                           "power %g, stepsize %d)" % (policy, float(rate), it, base, gamma, power, p.stepsize))
+        return float(rate32), step
+
+    def _rate(self, policy: str, base, gamma, power, it: int, step: int):
+        p = self.param
         if policy == "fixed":
             rate = base
         elif policy == "step":
@@ -166,12 +248,12 @@ class Solver:
         elif policy == "poly":
             if p.max_iter <= 0:
                 raise PcnError("solver: lr_policy \"poly\" needs max_iter > 0")
-            rate = base * (1.0 - it / float(p.max_iter)) ** power
+            rate = base * (1.0 - it / np.float64(p.max_iter)) ** power
         elif policy == "sigmoid":
-            rate = base * (1.0 / (1.0 + math.exp(-gamma * (it - float(p.stepsize)))))
+            rate = base * (1.0 / (1.0 + np.exp(-gamma * (it - np.float64(p.stepsize)))))
         else:
             raise PcnError("solver: unknown lr_policy %r (fixed, step, exp, inv, multistep, poly, sigmoid)" % policy)
-        return float(np.float32(rate)), step
+        return rate, step
 
     @property
     def lr(self) -> float:
@@ -208,6 +290,8 @@ class Solver:
                 timer, last_iter = time.perf_counter(), self.iter
                 self._log_outputs(self.net, "Train", None)
             self.apply_update()
+            if not self.allow_nan and not (math.isfinite(loss) and self._params_finite()):
+                raise DivergenceError(self._divergence_message(loss))
             self.iter += 1
             request = self._requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
@@ -215,6 +299,40 @@ class Solver:
             if request == "stop":
                 self.requested_early_exit = True
                 break
+
+    def _params_finite(self) -> bool:
+        return all(bool(b.xp.isfinite(b.data).all()) for b in self.net.learnable_params)
+
+    def _divergence_message(self, loss: float) -> str:
+        """Names the iteration and where the first non-finite value appeared: the first layer (in forward order)
+        whose output holds one, else the first parameter gradient (in backward order), else the update."""
+        net = self.net
+
+        def finite(a) -> bool:
+            return bool(backend.array_module(a).isfinite(a).all())
+
+        where = None
+        for lp, tops in zip(net.layer_params, net.top_vecs):
+            bad = [name for name, t in zip(lp.top, tops) if not finite(t.data)]
+            if bad:
+                where = "the output %r of layer %r (%s)" % (bad[0], lp.name, lp.type)
+                break
+        if where is None:
+            for lp, layer in reversed(list(zip(net.layer_params, net.layers))):
+                bad = [i for i, b in enumerate(layer.blobs) if not finite(b.diff)]
+                if bad:
+                    where = "the gradient of parameter %d of layer %r (%s)" % (bad[0], lp.name, lp.type)
+                    break
+        if where is None:
+            for lp, layer in zip(net.layer_params, net.layers):
+                bad = [i for i, b in enumerate(layer.blobs) if not finite(b.data)]
+                if bad:
+                    where = ("parameter %d of layer %r (%s) after the update (learning rate %g too large?)"
+                             % (bad[0], lp.name, lp.type, self.learning_rate()[0]))
+                    break
+        return ("training diverged at iteration %d: the loss is %.6g and the first non-finite value is in %s; "
+                "lower base_lr or clip_gradients, or pass --allow_nan (solver.allow_nan = True) to train on as "
+                "Caffe does" % (self.iter, loss, where or "no layer output or parameter"))
 
     def _requested_action(self) -> str:
         return self.action_request() if self.action_request is not None else "none"
@@ -247,6 +365,10 @@ class Solver:
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
+        if p.snapshot > 0 or p.snapshot_after_train:
+            check_snapshot_prefix(p.snapshot_prefix)
+        for it in (self.iter, max(p.max_iter, self.iter)):   # a rate that overflows fails now, not late
+            self.learning_rate(it)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
@@ -373,31 +495,19 @@ class Solver:
         return state
 
     def _write_state_hdf5(self, path: str, model: str) -> None:
-        import h5py
-
-        tmp = path + ".tmp"
-        with h5py.File(tmp, "w") as f:
+        with atomic_hdf5(path) as f:
             f.create_dataset("iter", data=self.iter)
             f.create_dataset("learned_net", data=model)
             f.create_dataset("current_step", data=self.current_step)
             g = f.create_group("history")
             for i, h in enumerate(self.history):
                 g.create_dataset(str(i), data=backend.to_numpy(h.data))
-        os.replace(tmp, path)
 
     def restore(self, state_file: str) -> None:
         """Continues from a .solverstate(.h5): iteration, learning-rate step, history and the learned weights."""
         state_file = os.fspath(state_file)
         if state_file.endswith(".h5"):
-            import h5py
-
-            if not os.path.exists(state_file):
-                raise PcnError("solver state file not found: %s" % state_file)
-            with h5py.File(state_file, "r") as f:
-                it, step = int(f["iter"][()]), int(f["current_step"][()])
-                learned = f["learned_net"][()]
-                learned = learned.decode() if isinstance(learned, bytes) else str(learned)
-                history = [f["history"][str(i)][...] for i in range(len(f["history"]))]
+            it, step, learned, history = _read_state_hdf5(state_file)
         else:
             msg = prototxt.read_binary(state_file, caffe_pb2.SolverState(), "solver state file")
             it, step, learned = msg.iter, msg.current_step, msg.learned_net
