@@ -448,7 +448,10 @@ def refused_layers(param: caffe_pb2.NetParameter) -> List[Tuple[str, str, str]]:
 
 
 def export_net(net, opset: int = DEFAULT_OPSET):
-    """The ONNX ModelProto computing ``net``'s forward pass (its Input blobs in, its output blobs out)."""
+    """The ONNX ModelProto computing ``net``'s forward pass (its Input blobs in, its output blobs out).
+
+    Raises PcnError naming every layer ONNX cannot express. The model is not run through onnx's checker here
+    (that serializes it once more); :func:`export_onnx` checks the bytes it writes."""
     onnx = _onnx()
     helper = onnx.helper
     _check_opset(opset)
@@ -498,8 +501,13 @@ def export_net(net, opset: int = DEFAULT_OPSET):
     from . import __version__ as version
     model = helper.make_model(graph, opset_imports=opsets, producer_name="pycaffe_norm", producer_version=version)
     model.ir_version = helper.find_min_ir_version_for(opsets)    # what runtimes of that opset's era can load
-    onnx.checker.check_model(model)
     return model
+
+
+def check(data: bytes) -> None:
+    """onnx's checker with shape inference on a serialized model; a failure is a bug in the exporter."""
+    onnx = _onnx()
+    onnx.checker.check_model(data, full_check=True)
 
 
 def export_onnx(model: str, weights: str, out: str, opset: int = DEFAULT_OPSET):
@@ -525,6 +533,7 @@ def export_onnx(model: str, weights: str, out: str, opset: int = DEFAULT_OPSET):
     net = Net(model, TEST, weights=weights)
     onnx_model = export_net(net, opset)
     data = onnx_model.SerializeToString()
+    check(data)
     prototxt.atomic_write(out, data)
     return onnx_model
 
