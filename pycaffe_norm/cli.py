@@ -159,10 +159,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.snapshot:
         _need_file(args.snapshot, "solver state file")
     param = read_solver_param(args.solver)
+    # caffe train's --level and --stage go into the solver's train_state (the training net's NetState)
+    if args.level is not None:
+        param.train_state.level = args.level
+    param.train_state.stage.extend(_split_list(args.stage))
     _use_device(args.gpu, param.solver_mode == caffe_pb2.SolverParameter.GPU, param.device_id)
     with search_dirs(*_data_dirs(args.solver)):
         log.info("Starting Optimization")
-        solver = get_solver(args.solver)
+        solver = get_solver(args.solver, param)
         solver.allow_nan = args.allow_nan
         if args.weights and not args.snapshot:
             _copy_weights([solver.net] + list(solver.test_nets), args.weights)
@@ -351,7 +355,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     ap = _Parser(prog="pcn", description="Caffe's command line tool, on pycaffe_norm.")
+    ap.add_argument("--version", action="version", version="pcn version %s" % __version__)
     sub = ap.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
     sub.required = True
 
@@ -367,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma-separated .caffemodel files to fine-tune from")
     p.add_argument("--snapshot", help="a .solverstate to resume training from")
     p.add_argument("--gpu", help="run on this CUDA device id (needs CuPy); default: the solver's solver_mode")
+    p.add_argument("--level", type=int, help="the training net's state level (default: the solver's train_state)")
+    p.add_argument("--stage", default="", help="comma-separated stages added to the training net's state")
     effects = ("stop", "snapshot", "none")
     p.add_argument("--sigint_effect", choices=effects, default="stop",
                    help="what Ctrl-C does: stop (after a snapshot, if snapshot_after_train), snapshot, none "

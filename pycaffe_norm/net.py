@@ -175,6 +175,13 @@ class Net:
             if not lp.HasField("phase"):
                 lp.phase = self.phase
         protos = [create_layer(lp, self.phase) for lp in layer_params]
+        # Caffe's AutoTopBlobs: a loss layer written without a top gets an anonymous one, which adds to the loss
+        # but is no net output (BVLC's pascal finetune net relies on it).
+        auto_tops = set()
+        for lp, layer in zip(layer_params, protos):
+            if layer.is_loss and not lp.top:
+                lp.top.append("%s (automatic)" % lp.name)
+                auto_tops.add(lp.top[0])
         loss_weights = [self._loss_weights(lp, layer) for lp, layer in zip(layer_params, protos)]
         param_with_splits = insert_splits(param, loss_weights)
         self.layer_params: List[caffe_pb2.LayerParameter] = []
@@ -281,7 +288,7 @@ class Net:
         self._prune_backward(blob_need_backward)
         self.blob_need_backward = blob_need_backward
         self._warn_in_place_overwrites()
-        self.output_blob_indices = [name_to_idx[n] for n in sorted(available)]
+        self.output_blob_indices = [name_to_idx[n] for n in sorted(available - auto_tops)]
         self._layer_index = {lp.name: i for i, lp in enumerate(self.layer_params)}
         self._blob_index = {n: i for i, n in enumerate(self._blob_names)}
 

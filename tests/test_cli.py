@@ -98,6 +98,51 @@ def test_time_prints_caffe_layer_table(tiny, capsys):
         assert any(re.fullmatch(r"%s: [\d.e+-]+ ms\." % what, m) for m in msgs), what
 
 
+STAGED = TINY % 3 + """
+layer { name: "acc_stage" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc_stage" include { stage: "s" } }
+layer { name: "acc_level" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc_level" include { min_level: 2 } }
+layer { name: "acc_train" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc_train" include { phase: TRAIN } }
+"""
+
+
+@pytest.mark.parametrize("extra, outputs", [
+    ([], {"accuracy", "loss"}),
+    (["--stage", "x,s"], {"accuracy", "loss", "acc_stage"}),
+    (["--level", "2"], {"accuracy", "loss", "acc_level"}),
+    (["--phase", "TRAIN", "--level", "3", "--stage", "s"], {"accuracy", "loss", "acc_stage", "acc_level",
+                                                           "acc_train"}),
+])
+def test_test_and_time_take_phase_level_and_stage(tiny, tmp_path, capsys, extra, outputs):
+    _, weights = tiny
+    model = tmp_path / "staged.prototxt"
+    model.write_text(STAGED)
+    assert main(["test", "--model", str(model), "--weights", weights, "--iterations", "1"] + extra) == 0
+    means = {m.split(" = ")[0] for m in messages(capsys.readouterr().err) if re.fullmatch(r"\w+ = .*", m)}
+    assert means == outputs
+    assert main(["time", "--model", str(model), "--iterations", "1"] + extra) == 0
+    timed = {m.split("\t")[0].strip() for m in messages(capsys.readouterr().err) if "\tforward: " in m}
+    assert outputs <= timed
+
+
+@pytest.mark.parametrize("extra, outputs", [([], ["acc_train", "accuracy", "loss"]),
+                                            (["--stage", "s", "--level", "2"],
+                                             ["acc_level", "acc_stage", "acc_train", "accuracy", "loss"])])
+def test_train_level_and_stage_shape_the_training_net(tmp_path, capsys, extra, outputs):
+    (tmp_path / "staged.prototxt").write_text(STAGED)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "%s"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 1\ndisplay: 1\n'
+                      'snapshot_after_train: false\n' % (tmp_path / "staged.prototxt"))
+    assert main(["train", "--solver", str(solver)] + extra) == 0
+    shown = [m.group(1) for m in map(re.compile(r" +Train net output #\d+: (\w+) = .*").fullmatch,
+                                     messages(capsys.readouterr().err)) if m]
+    assert shown == outputs
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == "pcn version %s" % caffe.__version__
+
+
 # --- errors -------------------------------------------------------------------------------------------------
 
 def test_error_missing_model(tmp_path, capsys):

@@ -53,6 +53,25 @@ def test_level_and_stage_rules():
     assert "lvl" in names and "stg" in names and "nostg" not in names
 
 
+def test_loss_layer_without_top_gets_an_automatic_one():
+    # Caffe's AutoTopBlobs: the loss counts (weight 1) and is backpropagated, but is no net output.
+    text = MLP.replace('bottom: "label" top: "loss" }', 'bottom: "label" }')
+    net, named = net_from(text), net_from(MLP)
+    for name in ("ip1", "ip2"):
+        for a, b in zip(net.params[name], named.params[name]):
+            a.data[...] = b.data
+    rng = np.random.RandomState(0)
+    feed = dict(data=rng.randn(4, 3), label=np.array([0, 1, 2, 1]))
+    assert net.outputs == [] and "loss (automatic)" in net.blobs
+    net.forward(**feed)
+    expected = float(named.forward(**feed)["loss"])
+    assert float(net.blobs["loss (automatic)"].data) == pytest.approx(expected, rel=1e-6)
+    net.backward()
+    named.backward()
+    np.testing.assert_allclose(net.params["ip1"][0].diff, named.params["ip1"][0].diff, rtol=1e-6)
+    assert np.abs(net.params["ip1"][0].diff).sum() > 0
+
+
 def test_forward_backward_and_pruning():
     net = net_from(MLP)
     rng = np.random.RandomState(0)
