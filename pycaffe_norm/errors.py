@@ -19,3 +19,18 @@ class ShapeError(NetError):
 
 class DivergenceError(PcnError):
     """Training produced a non-finite loss or parameter: names the iteration and the first layer affected."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """``' (did you mean 'X'?)'`` for the choice closest to a misspelt ``word`` (case and underscores aside), or
+    ``''`` when none is close: appended to "unknown type/field" errors instead of listing every choice."""
+    import difflib
+
+    def key(text: str) -> str:
+        return text.lower().replace("_", "")
+
+    by_key = {}
+    for choice in choices:
+        by_key.setdefault(key(choice), choice)
+    close = difflib.get_close_matches(key(word), list(by_key), n=1, cutoff=0.75)
+    return " (did you mean %r?)" % by_key[close[0]] if close else ""

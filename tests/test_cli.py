@@ -182,7 +182,11 @@ def test_error_unknown_layer_type(tmp_path, capsys):
     bad.write_text('layer { name: "mystery" type: "Frobnicate" top: "x" }\n')
     assert main(["time", "--model", str(bad)]) == 2
     line = error_line(capsys)
-    assert "Frobnicate" in line and "mystery" in line
+    assert "Frobnicate" in line and "mystery" in line and "did you mean" not in line
+    assert "InnerProduct" not in line  # not the list of every type
+    bad.write_text('layer { name: "conv" type: "Convolutoin" top: "x" }\n')
+    assert main(["time", "--model", str(bad)]) == 2
+    assert "unknown layer type 'Convolutoin' (did you mean 'Convolution'?)" in error_line(capsys)
 
 
 def test_error_shape_mismatch_names_layer_and_shapes(tiny, tmp_path, capsys):

@@ -303,3 +303,16 @@ def test_unknown_blob_names_in_forward_and_backward_are_clear_errors():
             call()
     assert set(net.forward(blobs=["ip1"])) == {"loss", "ip1"}
     assert set(net.backward(diffs=["ip1"])) == {"data", "label", "ip1"}
+
+
+@pytest.mark.parametrize("word, suggestion", [("Convolutoin", "Convolution"), ("InnerProdcut", "InnerProduct"),
+                                              ("Poolling", "Pooling"), ("Frobnicate", None)])
+def test_unknown_layer_type_suggests_the_closest(word, suggestion):
+    with pytest.raises(NetError) as info:
+        net_from('layer { name: "l" type: "%s" top: "x" }' % word)
+    message = str(info.value)
+    assert "unknown layer type %r" % word in message and "layer_type_list()" in message
+    if suggestion:
+        assert message.count("did you mean") == 1 and "(did you mean %r?)" % suggestion in message
+    else:
+        assert "did you mean" not in message

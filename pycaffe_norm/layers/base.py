@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable, List
 
 from ..blob import Blob
-from ..errors import NetError, ShapeError
+from ..errors import NetError, ShapeError, did_you_mean
 from ..proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
@@ -32,8 +32,8 @@ def layer_class(type_name: str, layer_name: str = "?"):
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        raise NetError("layer %r: unknown layer type %r (known types: %s)"
-                       % (layer_name, type_name, ", ".join(sorted(_REGISTRY)))) from None
+        raise NetError("layer %r: unknown layer type %r%s; pycaffe_norm.layer_type_list() gives the %d known types"
+                       % (layer_name, type_name, did_you_mean(type_name, _REGISTRY), len(_REGISTRY))) from None
 
 
 def layer_type_list() -> List[str]:
