@@ -399,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, "TRAIN")
     p.set_defaults(func=cmd_time)
 
+    from .export_onnx import DEFAULT_OPSET, MIN_OPSET  # onnx itself is imported only when exporting
+
     p = sub.add_parser("export", help="export a deploy net with its weights to another format")
     formats = p.add_subparsers(dest="format", metavar="format", parser_class=_Parser)
     formats.required = True
@@ -406,13 +408,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="the deploy net prototxt (Input layers, no data or loss layers)")
     q.add_argument("weights", help="the .caffemodel (or .h5) weights")
     q.add_argument("out", help="the .onnx file to write")
-    q.add_argument("--opset", type=int, default=17, help="ONNX opset version, 13 or newer (default: %(default)s)")
+    q.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help="ONNX opset version, %d or newer (default: %%(default)s)" % MIN_OPSET)
     q.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("port", help="rewrite a MyCaffe (or any BVLC) net or solver as current BVLC prototxt")
+    p.add_argument("input", help="the net or solver prototxt")
+    p.add_argument("-o", "--output", required=True, help="where to write the ported prototxt")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                   help="a MyCaffe dataset (CIFAR-10) or source (CIFAR-10.training) and its LMDB (or a folder with "
+                        "one *train* and one *test* LMDB); NAME.mean=PATH gives use_imagedb_mean's mean file")
+    p.set_defaults(func=lambda a: _port().run_port(a.input, a.output, a.data))
+
+    p = sub.add_parser("upgrade", help="upgrade a BVLC V0/V1 net or an old solver to the current format")
+    p.add_argument("input", help="the net or solver prototxt")
+    p.add_argument("-o", "--output", required=True, help="where to write the upgraded prototxt")
+    p.set_defaults(func=lambda a: _port().run_upgrade(a.input, a.output))
 
     p = sub.add_parser("device_query", help="show the GPU's properties")
     p.add_argument("--gpu", help="device id (default: all)")
     p.set_defaults(func=cmd_device_query)
     return ap
+
+
+def _port():
+    from . import port
+
+    return port
 
 
 def _one_line(text: str) -> str:
@@ -439,6 +461,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             message = _one_line(e)
         except OSError as e:  # a user's path: missing, unreadable, a directory, a full disk
             message = _one_line(_os_error_message(e))
+        except MemoryError as e:  # a working buffer beyond the blobs that Net checks before allocating
+            message = _one_line("out of memory%s: the model's shapes are too large for this machine"
+                                % (" (%s)" % e if str(e) else ""))
         except KeyboardInterrupt:
             print("pcn: interrupted", file=sys.stderr)
             return 130

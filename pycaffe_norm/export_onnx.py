@@ -21,7 +21,7 @@ from .proto import caffe_pb2
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13          # Softmax over one axis, Split sizes and ReduceSum axes as inputs
-_REDUCE_AXES_INPUT_OPSET = 18   # ReduceMean/ReduceL1/ReduceL2 take their axes as an input from here on
+_REDUCE_AXES_INPUT_OPSET = 18   # the Reduce ops other than ReduceSum take their axes as an input from here on
 _FLT_MAX = float(np.finfo(np.float32).max)
 _PP = caffe_pb2.PoolingParameter
 _EP = caffe_pb2.EltwiseParameter
@@ -203,6 +203,17 @@ def _pooling(g, layer, xs, bottoms, tops, outs):
     return [g.op("Mul", [mean, g.const("area_rescale", full / area)], out)]
 
 
+@_converts("SPP")
+def _spp(g, layer, xs, bottoms, tops, outs):
+    # each pyramid level is one of Caffe's Pooling layers (pcn keeps them): pooled, flattened, concatenated
+    if layer.height == 1:
+        return _pooling(g, layer._pools[0], xs, bottoms, layer._tops, outs)
+    n = bottoms[0].shape[0]
+    levels = [g.reshape(_pooling(g, pool, xs, bottoms, [t], [g.fresh("%s/level%d" % (g.layer, k))])[0], (n, -1))
+              for k, (pool, t) in enumerate(zip(layer._pools, layer._tops))]
+    return [g.op("Concat", levels, outs[0], axis=1)]
+
+
 @_converts("InnerProduct")
 def _inner_product(g, layer, xs, bottoms, tops, outs):
     shape = bottoms[0].shape
@@ -244,6 +255,71 @@ def _sigmoid(g, layer, xs, bottoms, tops, outs):
 @_converts("TanH")
 def _tanh(g, layer, xs, bottoms, tops, outs):
     return [g.op("Tanh", xs, outs[0])]
+
+
+@_converts("AbsVal")
+def _absval(g, layer, xs, bottoms, tops, outs):
+    return [g.op("Abs", xs, outs[0])]
+
+
+@_converts("Power")
+def _power(g, layer, xs, bottoms, tops, outs):
+    if layer.diff_scale == 0:       # a constant, as pcn computes it (0^0 = 1)
+        value = 1.0 if layer.power == 0 else float(np.power(np.float64(layer.shift), layer.power))
+        return [g.op("Expand", [g.const("value", value), g.ints("shape", tops[0].shape)], outs[0])]
+    steps = [("Mul", layer.scale, 1.0), ("Add", layer.shift, 0.0), ("Pow", layer.power, 1.0)]
+    return [_chain(g, xs[0], [(op, v) for op, v, identity in steps if v != identity], outs[0])]
+
+
+def _chain(g, x: str, steps: Sequence[Tuple[str, float]], out: str) -> str:
+    """Binary ops with scalar constants applied in turn (an Identity when there are none)."""
+    if not steps:
+        return g.op("Identity", [x], out)
+    for i, (op_type, value) in enumerate(steps):
+        x = g.op(op_type, [x, g.const(op_type.lower(), value)], out if i == len(steps) - 1 else None)
+    return x
+
+
+@_converts("Exp")
+def _exp(g, layer, xs, bottoms, tops, outs):
+    x = xs[0] if layer.inner_scale == 1 else g.op("Mul", [xs[0], g.const("inner_scale", layer.inner_scale)])
+    if layer.outer_scale == 1:
+        return [g.op("Exp", [x], outs[0])]
+    return [g.op("Mul", [g.op("Exp", [x]), g.const("outer_scale", layer.outer_scale)], outs[0])]
+
+
+@_converts("Log")
+def _log(g, layer, xs, bottoms, tops, outs):
+    x = xs[0]
+    if not (layer.input_scale == 1 and layer.input_shift == 0):
+        x = _chain(g, x, [("Mul", layer.input_scale), ("Add", layer.input_shift)], g.fresh(g.layer + "/inner"))
+    if layer.base_scale == 1:
+        return [g.op("Log", [x], outs[0])]
+    return [g.op("Mul", [g.op("Log", [x]), g.const("base_scale", layer.base_scale)], outs[0])]
+
+
+@_converts("BNLL")
+def _bnll(g, layer, xs, bottoms, tops, outs):
+    # pcn's overflow-free form: max(x, 0) + log(1 + exp(-|x|))
+    tail = g.op("Log", [g.op("Add", [g.const("one", 1.0), g.op("Exp", [g.op("Neg", [g.op("Abs", xs)])])])])
+    return [g.op("Add", [g.op("Relu", xs), tail], outs[0])]
+
+
+@_converts("Threshold")
+def _threshold(g, layer, xs, bottoms, tops, outs):
+    above = g.op("Greater", [xs[0], g.const("threshold", layer.threshold)])
+    return [g.op("Cast", [above], outs[0], to=_onnx().TensorProto.FLOAT)]
+
+
+@_converts("Clip")
+def _clip(g, layer, xs, bottoms, tops, outs):
+    return [g.op("Clip", [xs[0], g.const("min", layer.lo), g.const("max", layer.hi)], outs[0])]
+
+
+@_converts("Swish")
+def _swish(g, layer, xs, bottoms, tops, outs):
+    x = xs[0] if layer.beta == 1 else g.op("Mul", [xs[0], g.const("beta", layer.beta)])
+    return [g.op("Mul", [xs[0], g.op("Sigmoid", [x])], outs[0])]
 
 
 @_converts("Softmax")
@@ -288,6 +364,35 @@ def _eltwise(g, layer, xs, bottoms, tops, outs):
     for i, t in enumerate(terms[1:], 1):
         acc = g.op("Add", [acc, t], outs[0] if i == len(terms) - 1 else None)
     return [acc]
+
+
+@_converts("Crop")
+def _crop(g, layer, xs, bottoms, tops, outs):
+    axes = [i for i, (a, b) in enumerate(zip(bottoms[0].shape, tops[0].shape)) if a != b or layer.offsets[i]]
+    if not axes:
+        return [g.op("Identity", xs[:1], outs[0])]
+    starts = [layer.offsets[i] for i in axes]
+    ends = [layer.offsets[i] + tops[0].shape[i] for i in axes]
+    return [g.op("Slice", [xs[0], g.ints("starts", starts), g.ints("ends", ends), g.ints("axes", axes)], outs[0])]
+
+
+@_converts("Tile")
+def _tile(g, layer, xs, bottoms, tops, outs):
+    # Caffe copies the block from axis on whole, tiles times: ONNX Tile's repetition of that axis
+    repeats = [1] * bottoms[0].num_axes
+    repeats[layer.axis] = layer.tiles
+    return [g.op("Tile", [xs[0], g.ints("repeats", repeats)], outs[0])]
+
+
+@_converts("Reduction")
+def _reduction(g, layer, xs, bottoms, tops, outs):
+    R = caffe_pb2.ReductionParameter
+    op_type = {R.SUM: "ReduceSum", R.MEAN: "ReduceSum", R.ASUM: "ReduceL1", R.SUMSQ: "ReduceSumSquare"}[layer.op]
+    rows = g.reshape(xs[0], (layer.num, layer.dim))
+    y = g.reduce(op_type, rows, [1])
+    if layer.coeff != 1:        # MEAN: coeff / dim, as pcn
+        y = g.op("Mul", [y, g.const("coeff", layer.coeff)])
+    return [g.reshape(y, tops[0].shape, outs[0])]
 
 
 @_converts("Flatten", "Reshape")

@@ -239,6 +239,25 @@ def test_inner_product(param, shape):
     'type: "Bias"',
     'type: "BatchNorm"',
     'type: "BatchNorm" batch_norm_param { scale_bias: true eps: 0.001 }',
+    'type: "AbsVal"',
+    'type: "Power" power_param { power: 2 scale: 0.5 shift: 1 }',
+    'type: "Power" power_param { power: 3 }',
+    'type: "Power" power_param { power: 0.5 scale: 0 shift: 4 }',
+    'type: "Exp"',
+    'type: "Exp" exp_param { base: 2 scale: 0.5 shift: 1 }',
+    'type: "BNLL"',
+    'type: "Threshold" threshold_param { threshold: 0.2 }',
+    'type: "Clip" clip_param { min: -0.5 max: 0.7 }',
+    'type: "Swish"',
+    'type: "Swish" swish_param { beta: 1.7 }',
+    'type: "Tile" tile_param { axis: 2 tiles: 3 }',
+    'type: "Reduction"',
+    'type: "Reduction" reduction_param { operation: ASUM axis: 2 coeff: 0.5 }',
+    'type: "Reduction" reduction_param { operation: SUMSQ axis: 0 }',
+    'type: "Reduction" reduction_param { operation: MEAN axis: -1 coeff: 3 }',
+    'type: "SPP" spp_param { pyramid_height: 1 }',
+    'type: "SPP" spp_param { pyramid_height: 3 pool: AVE }',
+    'type: "SPP" spp_param { pyramid_height: 2 }',
 ])
 def test_element_and_structure_layers(layer):
     assert_matches(net_from(one_layer(layer)))
@@ -251,6 +270,20 @@ def test_in_place_layers_chain():
                    'layer { name: "relu" type: "ReLU" bottom: "out" top: "out" }\n')
     diffs = assert_matches(net)
     assert list(diffs) == ["out"]
+
+
+@pytest.mark.parametrize("layer", ['type: "Log"', 'type: "Log" log_param { base: 10 scale: 2 shift: 0.5 }'])
+def test_log(layer):
+    net = net_from(one_layer(layer))
+    x = np.random.RandomState(2).uniform(0.1, 3, net.blobs["data"].shape).astype(np.float32)
+    assert_matches(net, inputs={"data": x})
+
+
+@pytest.mark.parametrize("param", ["axis: 2 offset: 1", "axis: 1 offset: 0 offset: 2 offset: 1", "axis: 3"])
+def test_crop(param):
+    net = net_from(one_layer('type: "Crop" crop_param { %s }' % param, bottoms=("a", "b"),
+                             shapes=[(2, 4, 7, 7), (2, 3, 5, 4)]))
+    assert_matches(net)
 
 
 @pytest.mark.parametrize("layer,bottoms,tops", [
@@ -341,14 +374,15 @@ def test_refuses_every_layer_it_cannot_express_in_one_line():
         'layer { name: "bn" type: "BatchNorm" bottom: "out" top: "bn" batch_norm_param { use_global_stats: false } }\n'
         'layer { name: "pool" type: "Pooling" bottom: "bn" top: "pool" top: "mask" '
         'pooling_param { pool: MAX kernel_size: 2 } }\n'
-        'layer { name: "abs" type: "AbsVal" bottom: "pool" top: "abs" }\n')
+        'layer { name: "embed" type: "Embed" bottom: "pool" top: "embed" '
+        'embed_param { num_output: 2 input_dim: 3 } }\n')
     net = net_from(text)
     with pytest.raises(PcnError) as e:
         export_net(net)
     message = str(e.value)
     assert "\n" not in message
     for name in ("'amax' (ArgMax)", "'bn' (BatchNorm: normalises with batch statistics",
-                 "'pool' (Pooling: a second top", "'abs' (AbsVal)"):
+                 "'pool' (Pooling: a second top", "'embed' (Embed)"):
         assert name in message
     assert "these 4 layers" in message and "'layer'" not in message
 
