@@ -5,6 +5,7 @@ from ..proto import caffe_pb2
 
 # One module per layer family; each registers its classes on import.
 from . import (
+    annotated_data,  # noqa: F401,E402  AnnotatedData (SSD)
     common,  # noqa: F401,E402  Split, Concat, Slice, Eltwise, Flatten, Reshape, Silence
     data,  # noqa: F401,E402  Input, HDF5Data
     detection,  # noqa: F401,E402  Permute, PriorBox, SmoothL1Loss, MultiBoxLoss, DetectionOutput, DetectionEvaluate
