@@ -9,18 +9,31 @@ because neither wins everywhere on a CPU:
   elements (fast when many channels feed small images), at the price of transposing input and output.
 
 Spatial dimensions are generic (N-D); loops run over kernel offsets only, never over images or pixels.
+
+Two-dimensional convolutions with stride 1 (the common case) skip the full column matrix: in the layout
+``(C, H, N, W)`` the inputs of kernel column ``j`` are one shifted copy ``(C, kw, Hp, N, Ow)``, and kernel row ``i``
+reads a contiguous range of its columns, so each kernel row is one GEMM over a view. That copies the input ``kw``
+times instead of ``kh * kw`` and keeps the buffer ``kh`` times smaller. The data gradient is then the "full"
+correlation of the padded top gradient with the rotated kernel, computed the same way.
+
+Scratch arrays live in one workspace per thread shared by every convolution (Caffe shares one column buffer),
+so nothing in them survives from forward to backward.
 """
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 # Tests set this to True/False to force a layout; None picks by the cost estimate in ``choose_batch_last``.
 FORCE_BATCH_LAST: Optional[bool] = None
-# Largest column buffer (elements) built at once; bigger batches are processed in chunks of whole images.
-MAX_COL_ELEMENTS = 1 << 26
+# Tests set this to False (the full im2col path everywhere) or True (the kernel-row path wherever it applies).
+USE_ROWS: Optional[bool] = None
+# Largest column buffer (elements) built at once; bigger batches are processed in chunks of whole images
+# (2M elements: 8 MiB of float32, cache-sized GEMM operands instead of the whole batch's columns).
+MAX_COL_ELEMENTS = 1 << 21
 
 
 class Workspace:
@@ -28,8 +41,6 @@ class Workspace:
 
     def __init__(self) -> None:
         self._bufs: dict = {}
-        # what the "col" buffer holds when forward's columns may serve the backward pass: (key, "xseen" copy)
-        self._cols_of = None
 
     def get(self, key: str, shape: Sequence[int], dtype, xp):
         shape = tuple(int(s) for s in shape)
@@ -42,23 +53,17 @@ class Workspace:
 
     def clear(self) -> None:
         self._bufs.clear()
-        self._cols_of = None
 
-    def keep_cols(self, key: tuple, x) -> None:
-        """Records that the "col" buffer holds the columns of ``x`` (copied aside, to check it is unchanged)."""
-        seen = self.get("xseen", x.shape, x.dtype, _xp(x))
-        seen[...] = x
-        self._cols_of = key
 
-    def take_cols(self, key: tuple, x) -> bool:
-        """True when the "col" buffer still holds the columns of ``x``, bit for bit; the claim is used up."""
-        kept, self._cols_of = self._cols_of, None
-        if kept != key:
-            return False
-        return _same_bits(self.get("xseen", x.shape, x.dtype, _xp(x)), x)
+_local = threading.local()
 
-    def drop_cols(self) -> None:
-        self._cols_of = None
+
+def shared_workspace() -> Workspace:
+    """The calling thread's workspace shared by all convolutions: contents are valid within one call only."""
+    ws = getattr(_local, "ws", None)
+    if ws is None:
+        ws = _local.ws = Workspace()
+    return ws
 
 
 class ConvGeometry:
@@ -204,100 +209,213 @@ def _xp(a):
     return array_module(a)
 
 
-def _same_bits(a, b) -> bool:
-    """Bitwise equality (NaN payloads and the sign of zero included), so a kept result is exactly a recomputed one."""
-    utype = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(np.dtype(a.dtype).itemsize)
-    if utype is None or not a.flags.c_contiguous or not b.flags.c_contiguous:
-        return False
-    return bool(_xp(a).array_equal(a.view(utype), b.view(utype)))
-
-
-def _cols_key(x, w, geom: ConvGeometry, group: int, bl: bool) -> tuple:
-    return (x.shape, np.dtype(x.dtype).str, w.shape, group, bl, geom.in_shape, geom.out_shape, geom.kernel,
-            geom.stride, geom.pad, geom.dilation)
-
-
 def _chunks(n: int, per_image: int):
     step = max(1, MAX_COL_ELEMENTS // max(per_image, 1))
     for n0 in range(0, n, step):
         yield n0, min(n, n0 + step)
 
 
-# --- convolution kernels ---------------------------------------------------------------------------------
-def conv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
-    """Caffe's convolution forward: ``x`` (N, C, *in), ``w`` (M, C/group, *kernel) -> ``y`` (N, M, *out)."""
+# --- kernel-row path (2-D, stride 1) ----------------------------------------------------------------------
+def use_rows(geom: ConvGeometry, k_in: int, m_out: int) -> bool:
+    """Whether the kernel-row path computes a correlation with ``k_in`` input channels per group and ``m_out``
+    outputs per group. It needs 2-D, stride 1; measured (2-core x86, OpenBLAS) it only pays where each kernel row's
+    GEMM is big enough: ``k_in * kw >= 64`` and ``m_out >= 32``, and not for 1x1 kernels (a plain copy either way)."""
+    if USE_ROWS is False or len(geom.kernel) != 2 or geom.stride != (1, 1):
+        return False
+    return USE_ROWS is True or (geom.kernel_count > 1 and k_in * geom.kernel[1] >= 64 and m_out >= 32)
+
+
+def _full_pad(geom: ConvGeometry):
+    """Padding of the top gradient whose correlation with the rotated kernel is the data gradient (stride 1)."""
+    return tuple(extent(k, d) - 1 - p for k, d, p in zip(geom.kernel, geom.dilation, geom.pad))
+
+
+def _hnw(x, pad, ws: Workspace, key: str):
+    """``x`` (N, C, H, W) -> zero-padded ``(C, H + 2 ph, N, W + 2 pw)``."""
+    n, c, h, w = x.shape
+    ph, pw = pad
+    buf = ws.get(key, (c, h + 2 * ph, n, w + 2 * pw), x.dtype, _xp(x))
+    if ph:  # only the border is zeroed: the interior is overwritten below
+        buf[:, :ph] = 0
+        buf[:, ph + h:] = 0
+    if pw:
+        buf[:, ph:ph + h, :, :pw] = 0
+        buf[:, ph:ph + h, :, pw + w:] = 0
+    buf[:, ph:ph + h, :, pw:pw + w] = x.transpose(1, 2, 0, 3)
+    return buf
+
+
+def _wcols(xl, kw: int, dw: int, ow: int, ws: Workspace):
+    """``xl`` (C, Hp, N, Wp) -> (C, kw, Hp, N, Ow): the inputs of each kernel column, ``xl[..., j*dw : j*dw+ow]``."""
+    c, hp, n, wp = xl.shape
+    if kw == 1 and wp == ow:
+        return xl.reshape(c, 1, hp, n, ow)
+    col = ws.get("col", (c, kw, hp, n, ow), xl.dtype, _xp(xl))
+    for j in range(kw):
+        col[:, j] = xl[..., j * dw:j * dw + ow]
+    return col
+
+
+def _slabs(col, group: int, kh: int, dh: int, oh: int) -> list:
+    """Per kernel row ``i``, its GEMM operand: the (group, Cg * kw, oh * N * Ow) view of rows i*dh ... of ``col``."""
+    c, kw, hp, n, ow = col.shape
+    flat = col.reshape(group, (c // group) * kw, hp * n * ow)
+    step, length = n * ow, oh * n * ow
+    return [flat[:, :, i * dh * step:i * dh * step + length] for i in range(kh)]
+
+
+def _row_weights(w, group: int, flip: bool = False):
+    """``w`` (M, Cg, kh, kw) -> per kernel row (kh, group, Mg, Cg * kw); ``flip``: the rotated, transposed kernel
+    of the data gradient, (kh, group, Cg, Mg * kw) holding w[m, c, kh-1-i, kw-1-j]."""
+    xp = _xp(w)
+    m, cg, kh, kw = w.shape
+    wg = w.reshape(group, m // group, cg, kh, kw)
+    if flip:
+        return xp.ascontiguousarray(wg[:, :, :, ::-1, ::-1].transpose(3, 0, 2, 1, 4)).reshape(
+            kh, group, cg, (m // group) * kw)
+    return xp.ascontiguousarray(wg.transpose(3, 0, 1, 2, 4)).reshape(kh, group, m // group, cg * kw)
+
+
+def _correlate(col, wr, dh: int, oh: int, ws: Workspace):
+    """Sum over kernel rows of ``wr[i] @ slab_i``: rows (group, Mg, oh * N * Ow)."""
+    xp = _xp(col)
+    slabs = _slabs(col, wr.shape[1], wr.shape[0], dh, oh)
+    out = ws.get("rows", wr.shape[1:3] + (slabs[0].shape[2],), col.dtype, xp)
+    xp.matmul(wr[0], slabs[0], out=out)
+    if len(slabs) > 1:
+        tmp = ws.get("tmp", out.shape, col.dtype, xp)
+        for i in range(1, len(slabs)):
+            xp.matmul(wr[i], slabs[i], out=tmp)
+            out += tmp
+    return out
+
+
+def _rows_to_nchw(rows, y, bias) -> None:
+    """Rows (M, Oh, N, Ow) -> ``y`` (N, M, Oh, Ow), adding ``bias`` (M,) on the way."""
+    n, m, oh, ow = y.shape
+    src = rows.reshape(m, oh, n, ow).transpose(2, 0, 1, 3)
+    if bias is None:
+        y[...] = src
+    else:
+        _xp(y).add(src, bias.reshape(1, m, 1, 1), out=y)
+
+
+def _fwd_rows(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    kw, (dh, dw), (oh, ow) = geom.kernel[1], geom.dilation, geom.out_shape
+    wr = _row_weights(w, group)
+    for n0, n1 in _chunks(x.shape[0], x.shape[1] * kw * geom.padded_shape[0] * ow):
+        col = _wcols(_hnw(x[n0:n1], geom.pad, ws, "xl"), kw, dw, ow, ws)
+        _rows_to_nchw(_correlate(col, wr, dh, oh, ws), y[n0:n1], bias)
+
+
+def _bwd_weight_rows(x, dy, dw, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    xp = _xp(dy)
+    (kh, kw), (dh, dwl), (oh, ow) = geom.kernel, geom.dilation, geom.out_shape
+    m, cg = dw.shape[0], dw.shape[1]
+    mg = m // group
+    dwr = None
+    for n0, n1 in _chunks(x.shape[0], x.shape[1] * kw * geom.padded_shape[0] * ow):
+        slabs = _slabs(_wcols(_hnw(x[n0:n1], geom.pad, ws, "xl"), kw, dwl, ow, ws), group, kh, dh, oh)
+        rows = _hnw(dy[n0:n1], (0, 0), ws, "dyrows").reshape(group, mg, -1)
+        part = xp.stack([xp.matmul(rows, s.transpose(0, 2, 1)) for s in slabs])  # (kh, group, Mg, Cg * kw)
+        dwr = part if dwr is None else dwr + part
+    dw.reshape(group, mg, cg, kh, kw)[...] += dwr.reshape(kh, group, mg, cg, kw).transpose(1, 2, 3, 0, 4)
+
+
+def _bwd_data_rows(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    kw, (dh, dwl), (h, wd) = geom.kernel[1], geom.dilation, geom.in_shape
+    pad = _full_pad(geom)
+    wf = _row_weights(w, group, flip=True)
+    for n0, n1 in _chunks(dy.shape[0], dy.shape[1] * kw * (dy.shape[2] + 2 * pad[0]) * wd):
+        col = _wcols(_hnw(dy[n0:n1], pad, ws, "xl"), kw, dwl, wd, ws)
+        _rows_to_nchw(_correlate(col, wf, dh, h, ws), dx[n0:n1], None)
+
+
+# --- full im2col path (any geometry) -------------------------------------------------------------------------
+def _fwd_cols(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
     xp = _xp(x)
     n, c = x.shape[0], x.shape[1]
     m = w.shape[0]
     bl = choose_batch_last(n, c, m, geom)
     wg = w.reshape(group, m // group, -1)
-    chunks = list(_chunks(n, c * geom.kernel_count * geom.out_count))
-    for n0, n1 in chunks:
-        nb = n1 - n0
+    for n0, n1 in _chunks(n, c * geom.kernel_count * geom.out_count):
         col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
-        rows = ws.get("rows", (group, m // group, nb * geom.out_count), x.dtype, xp)
+        rows = ws.get("rows", (group, m // group, col.shape[1]), x.dtype, xp)
         xp.matmul(wg, col.reshape(group, -1, col.shape[1]), out=rows)
         from_rows(rows.reshape(m, -1), y[n0:n1], bl, bias)
-    if len(chunks) == 1:  # the columns of the whole batch stay in "col": the weight gradient can reuse them
-        ws.keep_cols(_cols_key(x, w, geom, group, bl), x)
-    else:
-        ws.drop_cols()
+
+
+def _bwd_weight_cols(x, dy, dw, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    xp = _xp(dy)
+    n, c = x.shape[0], x.shape[1]
+    m = dw.shape[0]
+    bl = choose_batch_last(n, c, m, geom)
+    for n0, n1 in _chunks(n, c * geom.kernel_count * geom.out_count):
+        col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
+        rows = to_rows(dy[n0:n1], bl, ws, "rows").reshape(group, m // group, -1)
+        dw += xp.matmul(rows, col.reshape(group, -1, col.shape[1]).transpose(0, 2, 1)).reshape(dw.shape)
+
+
+def _bwd_data_cols(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    xp = _xp(dy)
+    n, c = dx.shape[0], dx.shape[1]
+    m = w.shape[0]
+    bl = choose_batch_last(n, c, m, geom)
+    wg = w.reshape(group, m // group, -1)
+    for n0, n1 in _chunks(n, c * geom.kernel_count * geom.out_count):
+        rows = to_rows(dy[n0:n1], bl, ws, "rows").reshape(group, m // group, -1)
+        dcol = ws.get("col", (group, wg.shape[2], rows.shape[2]), dy.dtype, xp)
+        xp.matmul(wg.transpose(0, 2, 1), rows, out=dcol)  # BLAS takes the transposed view as is
+        buf = col2im(dcol.reshape(-1, rows.shape[2]), c, n1 - n0, geom, bl, ws, "dxl")
+        from_layout(buf, geom, bl, dx[n0:n1])
+
+
+# --- the three products of a convolution, and Convolution/Deconvolution on them --------------------------
+def _forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    """``y`` (N, M, *out) = x (N, C, *in) correlated with ``w`` (M, C/group, *kernel), plus ``bias``."""
+    rows = use_rows(geom, w.shape[1], w.shape[0] // group)
+    (_fwd_rows if rows else _fwd_cols)(x, w, bias, y, geom, group, ws)
+
+
+def _weight_grad(x, dy, dw, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    """``dw`` += the weight gradient of ``_forward`` for input ``x`` and top gradient ``dy``."""
+    rows = use_rows(geom, dw.shape[1], dw.shape[0] // group)
+    (_bwd_weight_rows if rows else _bwd_weight_cols)(x, dy, dw, geom, group, ws)
+
+
+def _data_grad(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    """``dx`` = the input gradient of ``_forward`` for top gradient ``dy`` (overwritten)."""
+    rows = use_rows(geom, w.shape[0] // group, w.shape[1]) and min(_full_pad(geom)) >= 0
+    (_bwd_data_rows if rows else _bwd_data_cols)(dy, w, dx, geom, group, ws)
+
+
+def _bias_grad(dy, db) -> None:
+    n, m = dy.shape[0], dy.shape[1]
+    db += dy.reshape(n, m, -1).sum(axis=(0, 2))
+
+
+def conv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    """Caffe's convolution forward: ``x`` (N, C, *in), ``w`` (M, C/group, *kernel) -> ``y`` (N, M, *out)."""
+    _forward(x, w, bias, y, geom, group, ws)
 
 
 def conv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
                   dx=None, dw=None, db=None) -> None:
     """Accumulates ``dw`` (M, C/group, *kernel) and ``db`` (M,) and overwrites ``dx`` (N, C, *in); any may be None."""
-    xp = _xp(dy)
-    n, c = x.shape[0], x.shape[1]
-    m = w.shape[0]
-    mg = m // group
-    bl = choose_batch_last(n, c, m, geom)
-    wg = w.reshape(group, mg, -1)
     if db is not None:
-        db += dy.reshape(n, m, -1).sum(axis=(0, 2))
-    if dw is None:
-        ws.drop_cols()  # dx's GEMM overwrites "col"
-        if dx is None:
-            return
-    # forward's columns, when "col" still holds those of this very input (one chunk, x unchanged since) and this
-    # pass is one chunk too (MAX_COL_ELEMENTS may have been lowered since forward)
-    chunks = list(_chunks(n, c * geom.kernel_count * geom.out_count))
-    kept = ws.take_cols(_cols_key(x, w, geom, group, bl), x) and len(chunks) == 1
-    for n0, n1 in chunks:
-        nb = n1 - n0
-        rows = to_rows(dy[n0:n1], bl, ws, "rows").reshape(group, mg, -1)
-        if dw is not None:
-            if kept:
-                shape = (c,) + geom.kernel + (geom.out_shape + (nb,) if bl else (nb,) + geom.out_shape)
-                col = ws.get("col", shape, x.dtype, xp).reshape(c * geom.kernel_count, nb * geom.out_count)
-            else:
-                col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
-            col = col.reshape(group, -1, col.shape[1])
-            dw += xp.matmul(rows, col.transpose(0, 2, 1)).reshape(dw.shape)
-        if dx is not None:
-            dcol = ws.get("col", (group, wg.shape[2], rows.shape[2]), dy.dtype, xp)
-            xp.matmul(wg.transpose(0, 2, 1), rows, out=dcol)  # BLAS takes the transposed view as is
-            buf = col2im(dcol.reshape(-1, rows.shape[2]), c, nb, geom, bl, ws, "dxl")
-            from_layout(buf, geom, bl, dx[n0:n1])
+        _bias_grad(dy, db)
+    if dw is not None:
+        _weight_grad(x, dy, dw, geom, group, ws)
+    if dx is not None:
+        _data_grad(dy, w, dx, geom, group, ws)
 
 
 def deconv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
     """Caffe's deconvolution forward (the convolution's backward-data): ``x`` (N, C_in, *conv_out),
     ``w`` (C_in, M/group, *kernel) -> ``y`` (N, M, *conv_in)."""
-    xp = _xp(x)
-    n, cin = x.shape[0], x.shape[1]
-    m = y.shape[1]
-    cg = cin // group
-    bl = choose_batch_last(n, m, cin, geom)
-    wg = w.reshape(group, cg, -1)
-    for n0, n1 in _chunks(n, m * geom.kernel_count * geom.out_count):
-        nb = n1 - n0
-        rows = to_rows(x[n0:n1], bl, ws, "rows").reshape(group, cg, -1)
-        col = ws.get("col", (group, wg.shape[2], rows.shape[2]), x.dtype, xp)
-        xp.matmul(wg.transpose(0, 2, 1), rows, out=col)
-        buf = col2im(col.reshape(-1, rows.shape[2]), m, nb, geom, bl, ws, "dxl")
-        from_layout(buf, geom, bl, y[n0:n1])
+    _data_grad(x, w, y, geom, group, ws)
     if bias is not None:
+        n, m = y.shape[0], y.shape[1]
         y3 = y.reshape(n, m, -1)
         y3 += bias.reshape(1, m, 1)
 
@@ -305,23 +423,9 @@ def deconv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace)
 def deconv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
                     dx=None, dw=None, db=None) -> None:
     """Backward of ``deconv_forward``: ``dy`` (N, M, *conv_in) -> ``dx``, ``dw``, ``db`` (as conv_backward)."""
-    xp = _xp(dy)
-    n, cin = x.shape[0], x.shape[1]
-    m = dy.shape[1]
-    cg = cin // group
-    bl = choose_batch_last(n, m, cin, geom)
-    wg = w.reshape(group, cg, -1)
     if db is not None:
-        db += dy.reshape(n, m, -1).sum(axis=(0, 2))
-    if dw is None and dx is None:
-        return
-    for n0, n1 in _chunks(n, m * geom.kernel_count * geom.out_count):
-        col = im2col(to_layout(dy[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
-        col = col.reshape(group, -1, col.shape[1])
-        if dw is not None:
-            rows = to_rows(x[n0:n1], bl, ws, "rows").reshape(group, cg, -1)
-            dw += xp.matmul(rows, col.transpose(0, 2, 1)).reshape(dw.shape)
-        if dx is not None:
-            out = ws.get("rows", (group, cg, col.shape[2]), dy.dtype, xp)
-            xp.matmul(wg, col, out=out)
-            from_rows(out.reshape(cin, -1), dx[n0:n1], bl)
+        _bias_grad(dy, db)
+    if dw is not None:
+        _weight_grad(dy, x, dw, geom, group, ws)
+    if dx is not None:
+        _forward(dy, w, None, dx, geom, group, ws)

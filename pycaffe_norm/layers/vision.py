@@ -115,7 +115,6 @@ class _BaseConvolution(Layer):
             if self.bias_term:
                 fill(self.blobs[1], p.bias_filler)
         self.param_propagate_down = [True] * len(self.blobs)
-        self._ws = ic.Workspace()
 
     def _out_spatial(self, in_spatial: Tuple[int, ...]) -> Tuple[int, ...]:
         raise NotImplementedError
@@ -154,6 +153,25 @@ class _BaseConvolution(Layer):
     def _top_view(self, a):
         return self._as4(a, self.num_output, a.shape[self.channel_axis + 1:])
 
+    # (forward, backward) kernels of im2col.py: Convolution's, or Deconvolution's with the roles swapped
+    _kernels: tuple = ()
+
+    def forward(self, bottom, top):
+        w = self.blobs[0].data
+        bias = self.blobs[1].data if self.bias_term else None
+        for b, t in zip(bottom, top):
+            self._kernels[0](self._bottom_view(b.data), w, bias, self._top_view(t.data), self.geom, self.group,
+                             ic.shared_workspace())
+
+    def backward(self, top, propagate_down, bottom):
+        w = self.blobs[0].data
+        dw = self.blobs[0].diff if self.param_propagate_down[0] else None
+        db = self.blobs[1].diff if self.bias_term and self.param_propagate_down[1] else None
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dx = self._bottom_view(b.diff) if propagate_down[i] else None
+            self._kernels[1](self._bottom_view(b.data), w, self._top_view(t.diff), self.geom, self.group,
+                             ic.shared_workspace(), dx=dx, dw=dw, db=db)
+
 
 @register("Convolution")
 class ConvolutionLayer(_BaseConvolution):
@@ -171,21 +189,7 @@ class ConvolutionLayer(_BaseConvolution):
             out.append(o)
         return tuple(out)
 
-    def forward(self, bottom, top):
-        w = self.blobs[0].data
-        bias = self.blobs[1].data if self.bias_term else None
-        for b, t in zip(bottom, top):
-            ic.conv_forward(self._bottom_view(b.data), w, bias, self._top_view(t.data), self.geom, self.group,
-                            self._ws)
-
-    def backward(self, top, propagate_down, bottom):
-        w = self.blobs[0].data
-        dw = self.blobs[0].diff if self.param_propagate_down[0] else None
-        db = self.blobs[1].diff if self.bias_term and self.param_propagate_down[1] else None
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            dx = self._bottom_view(b.diff) if propagate_down[i] else None
-            ic.conv_backward(self._bottom_view(b.data), w, self._top_view(t.diff), self.geom, self.group,
-                             self._ws, dx=dx, dw=dw, db=db)
+    _kernels = (ic.conv_forward, ic.conv_backward)
 
 
 @register("Deconvolution")
@@ -205,21 +209,7 @@ class DeconvolutionLayer(_BaseConvolution):
             out.append(o)
         return tuple(out)
 
-    def forward(self, bottom, top):
-        w = self.blobs[0].data
-        bias = self.blobs[1].data if self.bias_term else None
-        for b, t in zip(bottom, top):
-            ic.deconv_forward(self._bottom_view(b.data), w, bias, self._top_view(t.data), self.geom, self.group,
-                              self._ws)
-
-    def backward(self, top, propagate_down, bottom):
-        w = self.blobs[0].data
-        dw = self.blobs[0].diff if self.param_propagate_down[0] else None
-        db = self.blobs[1].diff if self.bias_term and self.param_propagate_down[1] else None
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            dx = self._bottom_view(b.diff) if propagate_down[i] else None
-            ic.deconv_backward(self._bottom_view(b.data), w, self._top_view(t.diff), self.geom, self.group,
-                               self._ws, dx=dx, dw=dw, db=db)
+    _kernels = (ic.deconv_forward, ic.deconv_backward)
 
 
 @register("Im2col")

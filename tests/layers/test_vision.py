@@ -23,13 +23,14 @@ REF = pathlib.Path(__file__).resolve().parent.parent / "reference"
 GAUSS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
 
-@pytest.fixture(params=[False, True], ids=["batch_first", "batch_last"])
-def layout(request):
-    """Runs a test under both column layouts of im2col."""
-    old = ic.FORCE_BATCH_LAST
-    ic.FORCE_BATCH_LAST = request.param
+@pytest.fixture(params=[(False, False), (False, True), (True, None)], ids=["batch_first", "batch_last", "rows"])
+def layout(request, monkeypatch):
+    """Runs a test under both column layouts of the full im2col path, and with the kernel-row path where it applies
+    (2-D, stride 1; the others still take the im2col path)."""
+    use_rows, batch_last = request.param
+    monkeypatch.setattr(ic, "USE_ROWS", use_rows)
+    monkeypatch.setattr(ic, "FORCE_BATCH_LAST", batch_last)
     yield request.param
-    ic.FORCE_BATCH_LAST = old
 
 
 def make_layer(text: str, phase=TRAIN):
@@ -282,14 +283,11 @@ def test_convolution_param_diff_accumulates_and_propagate_down_false(layout):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_convolution_backward_reuses_forward_columns_only_for_unchanged_input(layout, dtype, monkeypatch):
-    """The weight gradient may reuse forward's columns; a bottom changed since forward (or a second backward, after
-    the data gradient overwrote the columns) must give exactly the gradient computed from scratch."""
+def test_convolution_backward_reads_the_bottom_as_it_is_then(layout, dtype):
+    """Backward computes from the bottom it is given (nothing is kept from forward): a bottom changed after forward,
+    or a second backward, gives exactly the gradient a fresh layer computes."""
     text = 'type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 pad: 1 %s }' % GAUSS
     x, x2, dy = gaussian((3, 2, 5, 5), 1), gaussian((3, 2, 5, 5), 2), gaussian((3, 3, 5, 5), 3)
-    calls = []
-    real_im2col = ic.im2col
-    monkeypatch.setattr(ic, "im2col", lambda *a, **k: calls.append(1) or real_im2col(*a, **k))
 
     def grads(layer, b, t, xb):
         for p in layer.blobs:
@@ -304,14 +302,12 @@ def test_convolution_backward_reuses_forward_columns_only_for_unchanged_input(la
     for p, q in zip(fresh.blobs, layer.blobs):
         p.data[...] = q.data
     fresh.forward(bf, tf)
-    ref2 = grads(fresh, bf, tf, x2)           # recomputed columns of x2 (fresh's own forward saw x2)
+    ref2 = grads(fresh, bf, tf, x2)
     layer.forward(b, t)
-    n_calls = len(calls)
-    ref = grads(layer, b, t, x)               # forward's columns of x
-    assert len(calls) == n_calls              # reused, not rebuilt
-    again = grads(layer, b, t, x)             # columns overwritten by dx's GEMM: recomputed
+    ref = grads(layer, b, t, x)
+    again = grads(layer, b, t, x)
     layer.forward(b, t)
-    changed = grads(layer, b, t, x2)          # bottom changed after forward: recomputed from x2
+    changed = grads(layer, b, t, x2)          # bottom changed after forward: computed from x2
     for a, c in zip(ref, again):
         np.testing.assert_array_equal(a, c)
     for a, c in zip(ref2, changed):
@@ -320,9 +316,11 @@ def test_convolution_backward_reuses_forward_columns_only_for_unchanged_input(la
         assert p.diff.dtype == dtype
 
 
-def test_convolution_batch_chunking_gives_same_result(monkeypatch, layout):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_convolution_batch_chunking_gives_same_result(monkeypatch, layout, stride):
     x = gaussian((5, 3, 6, 6))
-    text = 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 1 %s }' % GAUSS
+    text = ('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: %d group: 1 %s }'
+            % (stride, GAUSS))
     results = []
     for cap in (1 << 26, 60):  # 60 elements: one image per chunk
         monkeypatch.setattr(ic, "MAX_COL_ELEMENTS", cap)
