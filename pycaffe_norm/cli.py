@@ -150,6 +150,7 @@ def _need_file(path: str, what: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.paths import search_dirs
+    from .progress import ProgressLine
     from .proto import caffe_pb2
     from .solvers import get_solver, read_solver_param
 
@@ -170,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         solver.allow_nan = args.allow_nan
         if args.weights and not args.snapshot:
             _copy_weights([solver.net] + list(solver.test_nets), args.weights)
-        with _SignalActions(solver, args.sigint_effect, args.sighup_effect):
+        with _SignalActions(solver, args.sigint_effect, args.sighup_effect), ProgressLine(solver):
             if args.snapshot:
                 log.info("Resuming from %s", args.snapshot)
                 solver.solve(resume_file=args.snapshot)
@@ -428,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("device_query", help="show the GPU's properties")
     p.add_argument("--gpu", help="device id (default: all)")
     p.set_defaults(func=cmd_device_query)
+
+    from . import draw, training_log  # subcommands that live with their modules
+
+    draw.register(sub)
+    training_log.register(sub)
     return ap
 
 

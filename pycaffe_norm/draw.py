@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 from . import draw_render
 from .errors import PcnError
 from .proto import caffe_pb2
-from .prototxt import atomic_write
+from .prototxt import atomic_write, read_text
 
 # caffe.draw's styles
 LAYER_STYLE = {"shape": "record", "style": "filled", "fillcolor": "#6495ED"}
@@ -167,3 +167,27 @@ def draw_net(net: caffe_pb2.NetParameter, rankdir: str = "LR", ext: str = "png",
         return draw_render.render(net, ext, rankdir, phase, display_lrm)
     text = net_to_dot(net, rankdir, phase, display_lrm=display_lrm)
     return text.encode() if ext in TEXT_FORMATS else render(text, ext)
+
+
+def cmd_draw(args) -> int:
+    """``pcn draw``: tools/draw_net.py as a subcommand."""
+    from .upgrade import upgrade_net
+
+    phase = None if args.phase == "ALL" else getattr(caffe_pb2, args.phase)
+    net = upgrade_net(read_text(args.net, caffe_pb2.NetParameter(), "net prototxt"))
+    draw_net_to_file(net, args.out, args.rankdir, phase, args.display_lrm)
+    print("Drew %s" % args.out)
+    return 0
+
+
+def register(sub) -> None:
+    """Adds ``draw`` to pcn's subcommands."""
+    p = sub.add_parser("draw", help="draw a net as a graph (Caffe's draw_net.py): .png, .svg, .pdf or .dot")
+    p.add_argument("net", help="the net prototxt")
+    p.add_argument("out", help="the drawing; its extension names the format (.dot text needs nothing else)")
+    p.add_argument("--rankdir", default="LR", choices=("LR", "TB", "BT", "RL"),
+                   help="direction of the graph (default: %(default)s, left to right)")
+    p.add_argument("--phase", default="ALL", type=str.upper, choices=("TRAIN", "TEST", "ALL"),
+                   help="draw the layers of this phase only (default: %(default)s, every layer)")
+    p.add_argument("--display_lrm", action="store_true", help="show the lr_mult of learnable layers")
+    p.set_defaults(func=cmd_draw)
