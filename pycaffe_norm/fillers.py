@@ -75,5 +75,8 @@ def fill_array(param: caffe_pb2.FillerParameter, shape) -> np.ndarray:
 
 def fill(blob: Blob, param: caffe_pb2.FillerParameter) -> None:
     """Fills ``blob.data`` in place (on whatever device the blob lives)."""
+    if param.type == "constant":    # the same values without a float64 copy (CaffeNet's default fc6 filler: 38M)
+        blob.data[...] = param.value
+        return
     values = fill_array(param, blob.shape)
     blob.data[...] = blob.xp.asarray(values, dtype=blob.dtype)
