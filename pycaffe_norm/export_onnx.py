@@ -23,6 +23,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13          # Softmax over one axis, Split sizes and ReduceSum axes as inputs
 _REDUCE_AXES_INPUT_OPSET = 18   # the Reduce ops other than ReduceSum take their axes as an input from here on
 _FLT_MAX = float(np.finfo(np.float32).max)
+_MAX_PROTO_BYTES = 2**31 - 2**24     # protobuf's 2 GiB message limit, less room for the graph itself
 _PP = caffe_pb2.PoolingParameter
 _EP = caffe_pb2.EltwiseParameter
 
@@ -637,6 +638,10 @@ def export_onnx(model: str, weights: str, out: str, opset: int = DEFAULT_OPSET):
         raise _refusal(refused)
     net = Net(model, TEST, weights=weights)
     onnx_model = export_net(net, opset)
+    size = sum(len(t.raw_data) for t in onnx_model.graph.initializer)
+    if size > _MAX_PROTO_BYTES:
+        raise PcnError("%s: the weights take %.3g GB; an ONNX file holds at most 2 GB (larger models need ONNX's "
+                       "external data files, which pcn does not write)" % (model, size / 1e9))
     data = onnx_model.SerializeToString()
     check(data)
     prototxt.atomic_write(out, data)

@@ -4,6 +4,7 @@ cannot express are refused by name; the command's errors are one line with exit 
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -286,6 +287,17 @@ def test_crop(param):
     assert_matches(net)
 
 
+def test_legacy_inputs_in_place_input_and_several_outputs():
+    net = net_from('input: "data" input_shape { dim: 2 dim: 3 dim: 5 dim: 5 }\n'
+                   'layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }\n'
+                   'layer { name: "a" type: "Pooling" bottom: "data" top: "a" pooling_param { kernel_size: 2 } }\n'
+                   'layer { name: "b" type: "TanH" bottom: "data" top: "b" }\n')
+    model = export_net(net)
+    assert [i.name for i in model.graph.input] == ["data"]
+    assert sorted(o.name for o in model.graph.output) == ["a", "b"]
+    assert set(assert_matches(net)) >= {"a", "b"}
+
+
 @pytest.mark.parametrize("layer,bottoms,tops", [
     ('type: "Concat"', ("a", "b"), ("out",)),
     ('type: "Concat" concat_param { axis: 2 }', ("a", "b", "c"), ("out",)),
@@ -460,6 +472,16 @@ def test_cli_refused_layers(lenet_files, capsys):
     line = error_of(capsys, ["export", "onnx", str(ROOT / "models" / "lenet" / "lenet_train_test.prototxt"), weights,
                              str(tmp / "x.onnx")])
     assert "ONNX export cannot express these 3 layers: 'mnist' (HDF5Data)" in line
+
+
+def test_cli_refuses_models_over_protobufs_limit(lenet_files, capsys, monkeypatch):
+    import pycaffe_norm.export_onnx as export_module
+
+    _, model, weights, tmp = lenet_files
+    monkeypatch.setattr(export_module, "_MAX_PROTO_BYTES", 1000)     # LeNet's weights take 1.7 MB
+    line = error_of(capsys, ["export", "onnx", model, weights, str(tmp / "x.onnx")])
+    assert re.search(r"lenet_deploy.prototxt: the weights take 0.00[0-9]+ GB; an ONNX file holds at most 2 GB", line)
+    assert not (tmp / "x.onnx").exists()
 
 
 def test_cli_without_onnx(lenet_files, capsys, monkeypatch):
