@@ -6,6 +6,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from .. import parallel
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
@@ -288,6 +289,10 @@ class Im2colLayer(Layer):
 
 
 _PP = caffe_pb2.PoolingParameter
+# Pooling walks the batch in blocks of about this many input elements (2 MiB of float32), so that the running max,
+# argmax and temporaries of its passes over the windows stay in the cache (measured: MAX 3x3/2 forward and backward
+# about 30% faster than whole-batch passes).
+_POOL_BLOCK = 1 << 19
 
 
 @register("Pooling")
@@ -408,34 +413,29 @@ class PoolingLayer(Layer):
             self._first, self._first_key = first, key
         return self._first
 
-    def _padded_input(self, x, fill_value):
-        if not self._needs_pad:
-            return x
-        n, c = x.shape[:2]
-        buf = self._ws.get("xpad", (n, c) + self.padded, x.dtype, _xp(x))
-        buf.fill(fill_value)
-        ph, pw = self.pad
-        buf[:, :, ph:ph + self.in_hw[0], pw:pw + self.in_hw[1]] = x
-        return buf
+    def _pad_chunk(self, x, buf, fill_value, n0: int, n1: int):
+        """Images ``n0:n1`` of ``x``; in ``buf`` (the padded extent, padding ``fill_value``) when padding is needed."""
+        if buf is None:
+            return x[n0:n1]
+        b = buf[n0:n1]
+        (ph, pw), (h, w) = self.pad, self.in_hw
+        b[:, :, :ph] = fill_value  # only the border: the interior is overwritten below
+        b[:, :, ph + h:] = fill_value
+        b[:, :, ph:ph + h, :pw] = fill_value
+        b[:, :, ph:ph + h, pw + w:] = fill_value
+        b[:, :, ph:ph + h, pw:pw + w] = x[n0:n1]
+        return b
 
-    def _grad_buffer(self, dx):
-        if not self._needs_pad:
-            dx.fill(0)
-            return dx
-        buf = self._ws.get("dxpad", dx.shape[:2] + self.padded, dx.dtype, _xp(dx))
-        buf.fill(0)
-        return buf
-
-    def _finish_grad(self, buf, dx):
-        if buf is not dx:
-            ph, pw = self.pad
-            dx[...] = buf[:, :, ph:ph + self.in_hw[0], pw:pw + self.in_hw[1]]
+    def _padded_buffer(self, key: str, a):
+        # allocated here, before the threads split the batch: Workspace.get is not thread-safe
+        return self._ws.get(key, a.shape[:2] + self.padded, a.dtype, _xp(a)) if self._needs_pad else None
 
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = bottom[0].xp
         y = top[0].data
         n, c, h, w = x.shape
+        numpy = xp is np
         if self.method == _PP.MAX:
             if self._is_global:
                 x3 = x.reshape(n, c, h * w)
@@ -445,35 +445,43 @@ class PoolingLayer(Layer):
                     top[1].data.reshape(n, c)[...] = self._arg
                 return
             # padding holds -FLT_MAX, Caffe's starting value, so it never wins against real data
-            xpad = self._padded_input(x, np.finfo(x.dtype).min)
+            xpad = self._padded_buffer("xpad", x)
+            lowest = np.finfo(x.dtype).min
             wins = self._windows
             itype = np.int8 if len(wins) < 127 else np.int32
             arg = self._ws.get("arg", y.shape, itype, xp)
-            if len(wins) == 1:
-                y[...] = xpad[wins[0][2]]
-                arg.fill(0)
-            else:
+            if len(wins) > 1:
                 better = self._ws.get("better", y.shape, np.bool_, xp)
                 step = self._ws.get("step", y.shape, itype, xp)
+                spare = self._ws.get("ymax", y.shape, y.dtype, xp)
+
+            def chunk(n0, n1):
+                xs, ys, ag = self._pad_chunk(x, xpad, lowest, n0, n1), y[n0:n1], arg[n0:n1]
+                if len(wins) == 1:
+                    ys[...] = xs[wins[0][2]]
+                    ag.fill(0)
+                    return
+                bt, st = better[n0:n1], step[n0:n1]
                 # The running max alternates between y and a spare buffer (the last write lands in y), so that
                 # "did window k raise it" compares two contiguous arrays, new > old (the same as window > old,
                 # NaN included) instead of reading the strided window a second time.
-                spare = self._ws.get("ymax", y.shape, y.dtype, xp)
-                bufs = (y, spare) if len(wins) % 2 == 0 else (spare, y)
-                v0, v1 = xpad[wins[0][2]], xpad[wins[1][2]]
-                xp.greater(v1, v0, out=better)  # strict: ties keep the earlier offset, as Caffe's scan
+                bufs = (ys, spare[n0:n1]) if len(wins) % 2 == 0 else (spare[n0:n1], ys)
+                v0, v1 = xs[wins[0][2]], xs[wins[1][2]]
+                xp.greater(v1, v0, out=bt)  # strict: ties keep the earlier offset, as Caffe's scan
                 cur = bufs[0]
                 xp.maximum(v0, v1, out=cur)
-                arg[...] = better
+                ag[...] = bt
                 for k, (_, _, sl) in enumerate(wins[2:], 2):
                     new = bufs[(k - 1) % 2]
-                    xp.maximum(cur, xpad[sl], out=new)
-                    xp.greater(new, cur, out=better)
+                    xp.maximum(cur, xs[sl], out=new)
+                    xp.greater(new, cur, out=bt)
                     # arg = better ? k : arg, in arithmetic (much faster than a masked copy)
-                    xp.subtract(itype(k), arg, out=step)
-                    xp.multiply(step, better, out=step)
-                    xp.add(arg, step, out=arg)
+                    xp.subtract(itype(k), ag, out=st)
+                    xp.multiply(st, bt, out=st)
+                    xp.add(ag, st, out=ag)
                     cur = new
+
+            parallel.over_batch(n, chunk, x.size, numpy, _POOL_BLOCK)
             self._arg = arg
             if len(top) > 1:
                 oi = xp.asarray([i for i, _, _ in wins], dtype=np.int64)[arg]
@@ -486,12 +494,17 @@ class PoolingLayer(Layer):
             if self._is_global:
                 y.reshape(n, c)[...] = x.reshape(n, c, h * w).sum(axis=2) / self._area.reshape(())
                 return
-            xpad = self._padded_input(x, 0)
+            xpad = self._padded_buffer("xpad", x)
             wins = self._windows
-            y[...] = xpad[wins[0][2]]
-            for _, _, sl in wins[1:]:
-                y += xpad[sl]
-            y /= self._area
+
+            def chunk(n0, n1):
+                xs, ys = self._pad_chunk(x, xpad, 0, n0, n1), y[n0:n1]
+                ys[...] = xs[wins[0][2]]
+                for _, _, sl in wins[1:]:
+                    ys += xs[sl]
+                ys /= self._area
+
+            parallel.over_batch(n, chunk, x.size, numpy, _POOL_BLOCK)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -500,32 +513,46 @@ class PoolingLayer(Layer):
         dy = top[0].diff
         dx = bottom[0].diff
         n, c, h, w = dx.shape
-        if self.method == _PP.MAX:
-            if self._is_global:
+        (ph, pw) = self.pad
+        if self._is_global:
+            if self.method == _PP.MAX:
                 sel = xp.arange(h * w).reshape(1, 1, h * w) == self._arg[:, :, None]
                 xp.multiply(sel, dy.reshape(n, c, 1), out=dx.reshape(n, c, h * w))
-                return
-            buf = self._grad_buffer(dx)
+            else:
+                dx[...] = (dy / self._area).reshape(n, c, 1, 1)
+            return
+        grad = self._padded_buffer("dxpad", dx)
+        target = dx if grad is None else grad
+        wins = self._windows
+        if self.method == _PP.MAX:
             hit = self._ws.get("better", dy.shape, np.bool_, xp)
             first = self._first_touch()
             tmp = None if all(first) else self._ws.get("tmp", dy.shape, dy.dtype, xp)
-            for k, (_, _, sl) in enumerate(self._windows):
-                xp.equal(self._arg, k, out=hit)
-                if first[k]:  # no earlier window reaches these positions: write instead of adding to zero
-                    xp.multiply(dy, hit, out=buf[sl])
-                else:
-                    xp.multiply(dy, hit, out=tmp)
-                    buf[sl] += tmp
-            self._finish_grad(buf, dx)
         else:
-            g = dy / self._area
-            if self._is_global:
-                dx[...] = g.reshape(n, c, 1, 1)
-                return
-            buf = self._grad_buffer(dx)
-            for _, _, sl in self._windows:
-                buf[sl] += g
-            self._finish_grad(buf, dx)
+            g = self._ws.get("tmp", dy.shape, dy.dtype, xp)
+
+        def chunk(n0, n1):
+            b, d = target[n0:n1], dy[n0:n1]
+            b.fill(0)
+            if self.method == _PP.MAX:
+                ht, ag = hit[n0:n1], self._arg[n0:n1]
+                for k, (_, _, sl) in enumerate(wins):
+                    xp.equal(ag, k, out=ht)
+                    if first[k]:  # no earlier window reaches these positions: write instead of adding to zero
+                        xp.multiply(d, ht, out=b[sl])
+                    else:
+                        t = tmp[n0:n1]
+                        xp.multiply(d, ht, out=t)
+                        b[sl] += t
+            else:
+                gs = g[n0:n1]
+                xp.divide(d, self._area, out=gs)
+                for _, _, sl in wins:
+                    b[sl] += gs
+            if grad is not None:
+                dx[n0:n1] = b[:, :, ph:ph + h, pw:pw + w]
+
+        parallel.over_batch(n, chunk, target.size, xp is np, _POOL_BLOCK)
 
 
 @register("SPP")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from pycaffe_norm import parallel
 from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError, ShapeError
 from pycaffe_norm.layers import create_layer
@@ -582,6 +583,26 @@ def test_pooling_float32_large_batch_matches_direct():
         assert t[0].data.dtype == np.float32
         np.testing.assert_allclose(t[0].data, pool_direct(x.astype(np.float64), method, k, s, p)[0],
                                    rtol=1e-6, atol=1e-5)  # float32 sums of values up to ~20
+
+
+@pytest.mark.parametrize("mode", ["max_ceil", "max_pad", "ave_pad", "max_overlap_s1"])
+def test_pooling_on_threads_equals_one_thread(mode, monkeypatch):
+    """Batch chunks on threads (forced here for a small batch) give bit-identical values, masks and gradients."""
+    text, shape, *_ = POOL_MODES[mode]
+    x = distinct((5,) + shape[1:], 6).astype(np.float32)
+    dy = gaussian((5,) + shape[1:], 7)
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("PCN_THREADS", threads)
+        monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+        ntop = 2 if "max" in mode else 1
+        layer, b, t = setup_layer('type: "Pooling" pooling_param { %s }' % text, x, dtype=np.float32, ntop=ntop)
+        layer.forward(b, t)
+        t[0].diff[...] = dy[:, :, :t[0].shape[2], :t[0].shape[3]]
+        layer.backward(t, [True], b)
+        results.append([a.data.copy() for a in t] + [b[0].diff.copy()])
+    for a, c in zip(*results):
+        np.testing.assert_array_equal(a, c)
 
 
 def test_pooling_reshape_follows_bottom():
