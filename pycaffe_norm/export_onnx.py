@@ -534,11 +534,14 @@ def supported_layer_types() -> List[str]:
     return sorted(_CONVERTERS)
 
 
-def _refusal(items: List[Tuple[str, str, str]]) -> PcnError:
+def _refusal(items: List[Tuple[str, str, str]], layers: Sequence[caffe_pb2.LayerParameter]) -> PcnError:
     listed = ", ".join("%r (%s%s)" % (name, type_, ": " + why if why else "") for name, type_, why in items)
-    return PcnError("ONNX export cannot express %s: %s; export a deploy net (Input layers, no data, loss or "
-                    "accuracy layers)" % ("this layer" if len(items) == 1 else "these %d layers" % len(items),
-                                          listed))
+    names = {name for name, _, _ in items}
+    train_net = any(lp.name in names and (not lp.bottom or lp.type.endswith("Loss") or lp.type == "Accuracy")
+                    for lp in layers)
+    hint = "; export a deploy net (Input layers, no data, loss or accuracy layers)" if train_net else ""
+    return PcnError("ONNX export cannot express %s: %s%s"
+                    % ("this layer" if len(items) == 1 else "these %d layers" % len(items), listed, hint))
 
 
 def _check_opset(opset: int) -> None:
@@ -564,7 +567,9 @@ def export_net(net, opset: int = DEFAULT_OPSET):
     refused = [(lp.name, lp.type, "") for lp in net.layer_params if lp.type not in _CONVERTERS]
     g = _Graph(opset)
     inputs = set(net.inputs)
-    g.used.update(inputs)
+    # Every blob's final value takes the blob's name (reserved here, so no generated name can take it); a value
+    # that an in-place layer overwrites later gets a fresh "blob/layer" name, and so does an overwritten input.
+    g.used.update(net.blobs)
     last_writer = {}
     for i, lp in enumerate(net.layer_params):
         for name in lp.top:
@@ -572,16 +577,10 @@ def export_net(net, opset: int = DEFAULT_OPSET):
     current: Dict[str, str] = {name: name for name in inputs}
     for i, (layer, lp) in enumerate(zip(net.layers, net.layer_params)):
         convert = _CONVERTERS.get(lp.type)
-        outs = []
-        for name in lp.top:
-            final = last_writer[name] == i and name not in inputs and lp.type != "Input"
-            outs.append(name if final and name not in g.used else g.fresh("%s/%s" % (name, lp.name)))
-            if final:
-                g.used.add(name)
+        outs = [name if lp.type == "Input" or (last_writer[name] == i and name not in inputs)
+                else g.fresh("%s/%s" % (name, lp.name)) for name in lp.top]
         g.layer = lp.name
-        if lp.type == "Input":
-            outs = list(lp.top)
-        elif convert is not None:
+        if convert is not None:
             xs = [current[b] for b in lp.bottom]
             try:
                 outs = convert(g, layer, xs, net.bottom_vecs[i], net.top_vecs[i], outs)
@@ -590,7 +589,7 @@ def export_net(net, opset: int = DEFAULT_OPSET):
         for name, value in zip(lp.top, outs):
             current[name] = value
     if refused:
-        raise _refusal(refused)
+        raise _refusal(refused, net.layer_params)
     blobs = net.blobs
     graph_inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(blobs[n].shape))
                     for n in net.inputs]
@@ -633,9 +632,10 @@ def export_onnx(model: str, weights: str, out: str, opset: int = DEFAULT_OPSET):
     # Refuse unknown types before building the net: a data layer would look for its database first.
     param = upgrade_net(prototxt.read_text(model, caffe_pb2.NetParameter(), "net prototxt"))
     param.state.phase = TEST
-    refused = refused_layers(filter_net(param))
+    param = filter_net(param)
+    refused = refused_layers(param)
     if refused:
-        raise _refusal(refused)
+        raise _refusal(refused, param.layer)
     net = Net(model, TEST, weights=weights)
     onnx_model = export_net(net, opset)
     size = sum(len(t.raw_data) for t in onnx_model.graph.initializer)

@@ -147,6 +147,13 @@ def test_five_nets_match_onnxruntime(name):
     assert set(diffs) == {t for lp in net.layer_params if lp.type not in ("Input", "Split") for t in lp.top}
 
 
+@pytest.mark.parametrize("opset", [13, 18, 21])
+def test_other_opsets(opset):
+    net = five_nets()["CIFAR-10 full"]()
+    randomize(net)
+    assert_matches(net, opset=opset)
+
+
 def test_exported_graph_keeps_caffe_names_and_shapes():
     net = five_nets()["LeNet"]()
     model = export_net(net)
@@ -208,6 +215,13 @@ def test_pooling_average_with_padding_uses_caffes_divisor():
 def test_convolution_and_deconvolution(kind, param):
     net = net_from(one_layer('type: "%s" convolution_param { %s weight_filler { type: "gaussian" } }'
                              % (kind, param)))
+    assert_matches(net)
+
+
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_convolution_3d(kind):
+    net = net_from(one_layer('type: "%s" convolution_param { num_output: 4 kernel_size: 3 kernel_size: 2 '
+                             'kernel_size: 1 stride: 2 pad: 1 group: 2 }' % kind, shape=(1, 2, 5, 4, 6)))
     assert_matches(net)
 
 
@@ -396,7 +410,7 @@ def test_refuses_every_layer_it_cannot_express_in_one_line():
     for name in ("'amax' (ArgMax)", "'bn' (BatchNorm: normalises with batch statistics",
                  "'pool' (Pooling: a second top", "'embed' (Embed)"):
         assert name in message
-    assert "these 4 layers" in message and "'layer'" not in message
+    assert "these 4 layers" in message and "'layer'" not in message and "deploy net" not in message
 
 
 def test_refuses_train_test_nets_before_opening_their_data(tmp_path):
