@@ -3,6 +3,7 @@ with pcn's forward pass on every blob within 1e-4 relative (max |difference| / m
 cannot express are refused by name; the command's errors are one line with exit status 2."""
 from __future__ import annotations
 
+import itertools
 import pathlib
 import re
 import sys
@@ -191,6 +192,22 @@ def test_pooling_geometry_and_divisor(pool, hw, kernel, stride, pad, mode):
     net = net_from(one_layer('type: "Pooling" pooling_param { pool: %s kernel_size: %d stride: %d pad: %d '
                              'round_mode: %s }' % (pool, kernel, stride, pad, mode), shape=(2, 3) + hw))
     assert_matches(net)
+
+
+@pytest.mark.parametrize("hw", [(7, 8), (5, 3)])
+def test_pooling_sweep_of_geometries(hw):
+    # every kernel 1..4, stride 1..4, pad < kernel, both roundings and methods, as layers of one net
+    text = one_layer('type: "TanH"', shape=(1, 2) + hw)     # negative values: MAX must not see padding
+    names = []
+    for k, s, mode, pool in itertools.product(range(1, 5), range(1, 5), ("CEIL", "FLOOR"), ("MAX", "AVE")):
+        for p in range(k):
+            if min(hw) + 2 * p >= k:
+                names.append("p_%d_%d_%d_%s_%s" % (k, s, p, mode, pool))
+                text += ('layer { name: "%s" type: "Pooling" bottom: "out" top: "%s" pooling_param { pool: %s '
+                         'kernel_size: %d stride: %d pad: %d round_mode: %s } }\n' % (names[-1], names[-1], pool, k,
+                                                                                       s, p, mode))
+    diffs = assert_matches(net_from(text))
+    assert set(names) <= set(diffs) and len(names) > 100
 
 
 @pytest.mark.parametrize("pool", ["MAX", "AVE"])
