@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import pathlib
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -518,10 +517,3 @@ def test_cli_refuses_models_over_protobufs_limit(lenet_files, capsys, monkeypatc
     line = error_of(capsys, ["export", "onnx", model, weights, str(tmp / "x.onnx")])
     assert re.search(r"lenet_deploy.prototxt: the weights take 0.00[0-9]+ GB; an ONNX file holds at most 2 GB", line)
     assert not (tmp / "x.onnx").exists()
-
-
-def test_cli_without_onnx(lenet_files, capsys, monkeypatch):
-    _, model, weights, tmp = lenet_files
-    monkeypatch.setitem(sys.modules, "onnx", None)      # import onnx raises ImportError
-    line = error_of(capsys, ["export", "onnx", model, weights, str(tmp / "x.onnx")])
-    assert "needs the onnx package: pip install 'pycaffe_norm[onnx]'" in line
