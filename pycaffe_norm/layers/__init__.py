@@ -11,6 +11,7 @@ from . import (
     detection,  # noqa: F401,E402  Permute, PriorBox, SmoothL1Loss, MultiBoxLoss, DetectionOutput, DetectionEvaluate
     inner_product,  # noqa: F401,E402  InnerProduct
     loss,  # noqa: F401,E402  Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy
+    mycaffe_data,  # noqa: F401,E402  DataSequence
     mycaffe_embedding,  # noqa: F401,E402  Decode, AccuracyDecode, AccuracyEncoding, Knn, Debug
     mycaffe_loss,  # noqa: F401,E402  TripletLoss, MemoryLoss
     mycaffe_recurrent,  # noqa: F401,E402  LSTM engine CUDNN, LstmSimple, LstmAttention
