@@ -124,3 +124,33 @@ def test_command_synopsis_names_real_options(command):
         known = {o for o in options if '"%s"' % o in source or "'%s'" % o in source}
     missing = [o for o in options if o not in known]
     assert not missing, "%s: no option %s" % (command, ", ".join(missing))
+
+
+def _types(text: str):
+    return set(re.findall(r"`([A-Za-z0-9]+)`", text))
+
+
+def _reference_types(folder: str, source: str):
+    import json
+
+    found = set()
+    for case in (ROOT / "tests" / folder).glob("*/case.json"):
+        meta = json.loads(case.read_text())
+        if meta["source"] == source:
+            found.update(meta["layer_types"])
+    return found
+
+
+def test_readme_fidelity_lists_say_exactly_how_each_type_is_checked():
+    section = (ROOT / "README.md").read_text().split("## Fidelity\n")[1].split("\n## ")[0]
+    bullets = {b.split("**")[1]: b.split("\n\n")[0] for b in section.split("\n* ")[1:]}
+    listed = {title: _types(text.split(":", 1)[1]) for title, text in bullets.items()}
+    bvlc = _reference_types("reference", "bvlc-caffe")
+    ssd = _reference_types("reference_ssd", "ssd-caffe")
+    formula = _reference_types("reference", "formula")
+    assert listed["Compared with BVLC Caffe's output"] == bvlc
+    assert listed["Compared with SSD-Caffe's output"] == ssd - bvlc
+    assert listed["Compared with float64 formulas only"] - {"Normalize"} == formula - bvlc - ssd
+    rest = set(caffe.layer_type_list()) - bvlc - ssd - formula
+    assert listed["Checked only against formulas and hand-computed values in their unit tests"] == rest, \
+        "README.md's Fidelity section: name each new layer type in the list of how it is checked"
