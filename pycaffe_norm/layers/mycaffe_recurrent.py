@@ -447,8 +447,9 @@ class LstmAttentionLayer(_KernelLSTM):
         p = self.layer_param.lstm_attention_param
         self._read_common()
         if p.enable_attention:
-            raise NetError("layer %r (LstmAttention): lstm_attention_param.enable_attention: true (attention over "
-                           "an encoder input) is not supported by pcn yet" % self.name)
+            raise NetError("layer %r (LstmAttention): lstm_attention_param.enable_attention: true is not supported "
+                           "(MyCaffe's attention path takes batch size 1 and queries the first step's cell state; "
+                           "pcn does not reproduce it)" % self.name)
         if bottom[0].num_axes < 3:
             raise self.shape_error("bottom 0 (x) (needs axes T, N, features...)", bottom[0].shape,
                                    bottom[0].shape + ("features",))

@@ -262,6 +262,23 @@ def test_cudnn_gradient_with_dropout(monkeypatch):
     assert any(np.any(m == 0) for m in lay._masks if m is not None)
 
 
+def test_cudnn_encoder_decoder_chain_as_in_mycaffes_tft_nets():
+    # The encoder takes (N, H) states repeated to both layers and exposes its final (L, N, H, 1) states, which the
+    # decoder takes as they are; both batch_first, as MyCaffe's Temporal Fusion Transformer nets write them.
+    common = "num_layers: 2 batch_first: true auto_repeat_hidden_states_across_layers: true " \
+             "use_cudnn_rnn8_if_supported: true expose_hidden_input: true"
+    encoder = cudnn(common + " expose_hidden_output: true", phase=TEST)
+    decoder = cudnn(common + " expose_hidden_output: false", phase=TEST)
+    x_past, x_future, h0, c0 = rand((2, 4, 3), 14), rand((2, 3, 3), 15), rand((2, 3), 16), rand((2, 3), 17)
+    _, enc_top = run(encoder, [x_past, np.ones((2, 4)), h0, c0], n_top=3)
+    _, dec_top = run(decoder, [x_future, np.ones((2, 3)), enc_top[1].data, enc_top[2].data])
+    _, h_t, c_t = cudnn_reference(encoder.blobs[0].data.reshape(-1), x_past.transpose(1, 0, 2), 3, 2,
+                                  np.stack([h0, h0]), np.stack([c0, c0]))
+    y, _, _ = cudnn_reference(decoder.blobs[0].data.reshape(-1), x_future.transpose(1, 0, 2), 3, 2, h_t, c_t)
+    assert dec_top[0].shape == (2, 3, 3, 1)
+    np.testing.assert_allclose(dec_top[0].data[..., 0], y.transpose(1, 0, 2), rtol=1e-12, atol=1e-12)
+
+
 def test_cudnn_weight_gradient_accumulates():
     lay = cudnn()
     bottom, top = run(lay, [rand((2, 1, 3), 13), first_zero(2, 1)])
