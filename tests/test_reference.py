@@ -9,34 +9,11 @@ import numpy as np
 import pytest
 
 import pycaffe_norm as caffe
+from tests.reference_check import check, load, tol
 
 REF = pathlib.Path(__file__).parent / "reference"
 CASES = sorted(p.parent for p in REF.glob("*/case.json"))
 LOAD_TOL = {"rtol": 1e-6, "floor": 0.0, "atol": 1e-30}
-
-
-def load(d):
-    meta = json.loads((d / "case.json").read_text())
-    with np.load(d / "data.npz", allow_pickle=False) as z:
-        return meta, {k: z[k] for k in z.files}
-
-
-def tol(meta, key):
-    t = {"rtol": 1e-4, "floor": 1e-2, "atol": 1e-7}
-    t.update(meta["tolerance"].get("default", {}))
-    prefixes = [p for p in meta["tolerance"] if p != "default" and key.startswith(p)]
-    if prefixes:
-        t.update(meta["tolerance"][max(prefixes, key=len)])
-    return t
-
-
-def check(got, ref, t, key):
-    g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert g.shape == r.shape, (key, g.shape, r.shape)
-    assert np.all(np.isfinite(g)), key
-    d = np.maximum(np.abs(r), max(t["floor"] * np.abs(r).max(initial=0.0), t["atol"]))
-    err = float((np.abs(g - r) / d).max(initial=0.0))
-    assert err <= t["rtol"], "%s: max rel err %.2e > %.0e" % (key, err, t["rtol"])
 
 
 def items(arrays, prefix):

@@ -2,9 +2,6 @@
 reference cases of the neuron, loss and structural families driven layer by layer (without the Net)."""
 from __future__ import annotations
 
-import json
-import pathlib
-
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -14,6 +11,7 @@ from pycaffe_norm.errors import NetError
 from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
 from tests.gradient_check import GradientChecker, layer_from_text, make_blob, run_layer
+from tests.reference_check import REF, check, load, tol
 
 TRAIN = caffe_pb2.TRAIN
 
@@ -30,7 +28,7 @@ def gaussian(shape, seed=3):
     return np.random.RandomState(seed).randn(*shape)
 
 
-def grad_check(text, inputs, n_tops=1, **kw):
+def gradcheck(text, inputs, n_tops=1, **kw):
     return GradientChecker(**kw).check(
         make_layer(text), [make_blob(a) for a in inputs], [Blob((), dtype=np.float64) for _ in range(n_tops)])
 
@@ -45,7 +43,7 @@ def test_split_copies_and_sums():
 
 
 def test_split_gradient():
-    assert grad_check('type: "Split"', [gaussian((2, 3, 2))], n_tops=3) == 12
+    assert gradcheck('type: "Split"', [gaussian((2, 3, 2))], n_tops=3) == 12
 
 
 # --- Concat ------------------------------------------------------------------------------------------------------
@@ -64,7 +62,7 @@ def test_concat(text, axis):
     np.testing.assert_array_equal(bottom[0].diff, parts[0])
     assert not bottom[1].diff.any()  # propagate_down false: untouched
     np.testing.assert_array_equal(bottom[2].diff, parts[2])
-    grad_check(text, xs)
+    gradcheck(text, xs)
 
 
 def test_concat_single_bottom_and_errors():
@@ -93,7 +91,7 @@ def test_slice(text, axis, points, n):
     for t, p in zip(tops, parts):
         np.testing.assert_array_equal(t.data, p)
     np.testing.assert_array_equal(b.diff, np.concatenate(diffs, axis))
-    grad_check(text, [x], n_tops=n)
+    gradcheck(text, [x], n_tops=n)
 
 
 @pytest.mark.parametrize("text,n,match", [
@@ -120,8 +118,8 @@ def test_eltwise_sum_coeff():
     np.testing.assert_allclose(t.data, a - 0.5 * b + 2 * c, rtol=1e-14)
     for blob, k in zip(bottom, (1, -0.5, 2)):
         np.testing.assert_allclose(blob.diff, k * dy, rtol=1e-14)
-    grad_check(text, [a, b, c])
-    grad_check('type: "Eltwise"', [a, b])
+    gradcheck(text, [a, b, c])
+    gradcheck('type: "Eltwise"', [a, b])
 
 
 @pytest.mark.parametrize("stable", ["true", "false"])
@@ -133,7 +131,7 @@ def test_eltwise_prod(stable):
     np.testing.assert_allclose(t.data, a * b * c, rtol=1e-14)
     np.testing.assert_allclose(bottom[0].diff, dy * b * c, rtol=1e-12)
     np.testing.assert_allclose(bottom[1].diff, dy * a * c, rtol=1e-12)
-    grad_check(text, [a, b, c])
+    gradcheck(text, [a, b, c])
 
 
 def test_eltwise_max_and_caffe_tie_rule():
@@ -149,7 +147,7 @@ def test_eltwise_max_and_caffe_tie_rule():
     win = stack.argmax(0)
     for i, blob in enumerate(bottom):
         np.testing.assert_array_equal(blob.diff, np.where(win == i, dy, 0))
-    grad_check(text, [a, b, c])
+    gradcheck(text, [a, b, c])
     # Ties: bottom 1 beats bottom 0, a later bottom must be strictly larger.
     one = np.ones((1, 2))
     _, bottom, _ = run(text, [one, one, one], top_diffs=[one])
@@ -220,7 +218,7 @@ def test_flatten_reshape(text, shape):
     b.data[...] = 2 * x
     layer.forward([b], [t])
     np.testing.assert_array_equal(t.data, 2 * x.reshape(shape))
-    assert grad_check(text, [x]) == x.size
+    assert gradcheck(text, [x]) == x.size
 
 
 @pytest.mark.parametrize("text", [
@@ -273,7 +271,7 @@ def test_tile(axis):
     reps[ax] = 3
     # Caffe repeats the whole trailing block: like np.tile on the axis, not np.repeat.
     np.testing.assert_array_equal(t.data, np.tile(x, reps))
-    grad_check(text, [x])
+    gradcheck(text, [x])
 
 
 def test_tile_needs_tiles():
@@ -294,41 +292,20 @@ def test_reduction(op, ref, axis):
     ax = axis % 3
     assert t.shape == x.shape[:ax]
     np.testing.assert_allclose(t.data, -1.5 * ref(x.reshape(x.shape[:ax] + (-1,))), rtol=1e-13)
-    grad_check(text, [x], kink=0.0, kink_range=0.02 if op == "ASUM" else -1.0)
+    gradcheck(text, [x], kink=0.0, kink_range=0.02 if op == "ASUM" else -1.0)
 
 
 # --- reference cases, driven through the layers alone --------------------------------------------------------------
-REF = pathlib.Path(__file__).resolve().parents[1] / "reference"
 MY_CASES = ["absval", "accuracy_top1", "accuracy_top5", "concat_axis1", "dropout_test_identity", "eltwise_max",
             "eltwise_prod", "eltwise_sum_coeff", "elu", "euclidean_loss", "flatten", "power_sq", "prelu",
             "prelu_shared", "relu_leaky", "reshape", "reshape_axis1", "sigmoid", "slice_axis1", "softmax_axis1_4d",
             "softmaxloss_2d", "softmaxloss_ignore_valid", "softmaxloss_none_weight2", "tanh"]
 
 
-def _tolerance(meta, key):
-    t = {"rtol": 1e-4, "floor": 1e-2, "atol": 1e-7}
-    t.update(meta["tolerance"].get("default", {}))
-    prefixes = [p for p in meta["tolerance"] if p != "default" and key.startswith(p)]
-    if prefixes:
-        t.update(meta["tolerance"][max(prefixes, key=len)])
-    return t
-
-
-def _check(got, ref, t, key):
-    g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert g.shape == r.shape, (key, g.shape, r.shape)
-    assert np.isfinite(g).all(), key
-    d = np.maximum(np.abs(r), max(t["floor"] * np.abs(r).max(initial=0.0), t["atol"]))
-    err = float((np.abs(g - r) / d).max(initial=0.0))
-    assert err <= t["rtol"], "%s: max rel err %.2e > %.0e" % (key, err, t["rtol"])
-
-
 @pytest.mark.parametrize("case", MY_CASES)
 def test_reference_case_layer_only(case):
     d = REF / case
-    meta = json.loads((d / "case.json").read_text())
-    with np.load(d / "data.npz", allow_pickle=False) as z:
-        A = {k: z[k] for k in z.files}
+    meta, A = load(d)
     net = caffe_pb2.NetParameter()
     text_format.Parse((d / "net.prototxt").read_text(), net)
     (lp,) = [layer for layer in net.layer if layer.type != "Input"]
@@ -346,7 +323,7 @@ def test_reference_case_layer_only(case):
     layer.forward(bottom, top)
     for k in A:
         if k.startswith("out/"):
-            _check(blobs[k[4:]].data, A[k], _tolerance(meta, k), k)
+            check(blobs[k[4:]].data, A[k], tol(meta, k), k)
     if not meta["backward"]:
         return
     for k in A:
@@ -355,6 +332,6 @@ def test_reference_case_layer_only(case):
     layer.backward(top, [layer.allow_force_backward(i) for i in range(len(bottom))], bottom)
     for k in A:
         if k.startswith("grad/"):
-            _check(blobs[k[5:]].diff, A[k], _tolerance(meta, k), k)
+            check(blobs[k[5:]].diff, A[k], tol(meta, k), k)
         elif k.startswith("pgrad/"):
-            _check(layer.blobs[int(k.rsplit("/", 1)[1])].diff, A[k], _tolerance(meta, k), k)
+            check(layer.blobs[int(k.rsplit("/", 1)[1])].diff, A[k], tol(meta, k), k)

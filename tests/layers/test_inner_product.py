@@ -2,9 +2,6 @@
 and clear errors."""
 from __future__ import annotations
 
-import json
-import pathlib
-
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -14,9 +11,9 @@ from pycaffe_norm.errors import NetError, ShapeError
 from pycaffe_norm.layers import create_layer
 from pycaffe_norm.proto import caffe_pb2
 from tests.gradient_check import GradientChecker, layer_from_text, make_blob
+from tests.reference_check import REF, check, load, tol
 
 TRAIN = caffe_pb2.TRAIN
-REF = pathlib.Path(__file__).resolve().parent.parent / "reference"
 GAUSS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
 
@@ -38,8 +35,7 @@ def gaussian(shape, seed=0):
 @pytest.mark.parametrize("name", ["ip_2d", "ip_4d_axis1", "ip_transpose"])
 def test_reference_case_layer(name):
     d = REF / name
-    tol = json.loads((d / "case.json").read_text())["tolerance"]["default"]
-    data = np.load(d / "data.npz", allow_pickle=False)
+    meta, data = load(d)
     net = caffe_pb2.NetParameter()
     text_format.Parse((d / "net.prototxt").read_text(), net)
     (lp,) = [lp for lp in net.layer if lp.type != "Input"]
@@ -51,13 +47,10 @@ def test_reference_case_layer(name):
     layer.forward(b, t)
     t[0].diff[...] = data["topdiff/ip"]
     layer.backward(t, [True], b)
-    pairs = [(t[0].data, data["out/ip"]), (b[0].diff, data["grad/data"])]
-    pairs += [(blob.diff, data["pgrad/ip/%d" % i]) for i, blob in enumerate(layer.blobs)]
-    for got, ref in pairs:
-        assert got.shape == ref.shape
-        r = ref.astype(np.float64)
-        d_ = np.maximum(np.abs(r), max(tol["floor"] * np.abs(r).max(), tol["atol"]))
-        assert np.max(np.abs(got - r) / d_) <= tol["rtol"]
+    pairs = [("out/ip", t[0].data), ("grad/data", b[0].diff)]
+    pairs += [("pgrad/ip/%d" % i, blob.diff) for i, blob in enumerate(layer.blobs)]
+    for key, got in pairs:
+        check(got, data[key], tol(meta, key), key)
 
 
 MODES = {

@@ -3,9 +3,7 @@ against direct (loop) definitions, exhaustive float64 gradient checks for every 
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
@@ -18,9 +16,9 @@ from pycaffe_norm.layers import create_layer
 from pycaffe_norm.layers import im2col as ic
 from pycaffe_norm.proto import caffe_pb2
 from tests.gradient_check import GradientChecker, make_blob
+from tests.reference_check import REF, check, load, tol
 
 TRAIN = caffe_pb2.TRAIN
-REF = pathlib.Path(__file__).resolve().parent.parent / "reference"
 GAUSS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
 
@@ -142,19 +140,9 @@ CASES = ["conv_1x1", "conv_dilation2", "conv_group2", "conv_rect", "conv_s2_p1",
          "pool_ave_pad_clip", "pool_global_ave", "pool_max_ceil", "pool_max_floor"]
 
 
-def _check_close(got, ref, tol, key):
-    g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert g.shape == r.shape, key
-    d = np.maximum(np.abs(r), max(tol["floor"] * np.abs(r).max(initial=0.0), tol["atol"]))
-    err = float((np.abs(g - r) / d).max(initial=0.0))
-    assert err <= tol["rtol"], "%s: max rel err %.2e" % (key, err)
-
-
 def run_reference_case(name):
     d = REF / name
-    meta = json.loads((d / "case.json").read_text())
-    tol = meta["tolerance"]["default"]
-    data = np.load(d / "data.npz", allow_pickle=False)
+    meta, data = load(d)
     net = caffe_pb2.NetParameter()
     text_format.Parse((d / "net.prototxt").read_text(), net)
     (lp,) = [lp for lp in net.layer if lp.type != "Input"]
@@ -165,12 +153,15 @@ def run_reference_case(name):
     for i, blob in enumerate(layer.blobs):
         blob.data[...] = data["param/%s/%d" % (lp.name, i)]
     layer.forward(bottom, top)
-    _check_close(top[0].data, data["out/" + lp.top[0]], tol, "out")
+    key = "out/" + lp.top[0]
+    check(top[0].data, data[key], tol(meta, key), key)
     top[0].diff[...] = data["topdiff/" + lp.top[0]]
     layer.backward(top, [True], bottom)
-    _check_close(bottom[0].diff, data["grad/" + lp.bottom[0]], tol, "grad")
+    key = "grad/" + lp.bottom[0]
+    check(bottom[0].diff, data[key], tol(meta, key), key)
     for i, blob in enumerate(layer.blobs):
-        _check_close(blob.diff, data["pgrad/%s/%d" % (lp.name, i)], tol, "pgrad %d" % i)
+        key = "pgrad/%s/%d" % (lp.name, i)
+        check(blob.diff, data[key], tol(meta, key), key)
 
 
 @pytest.mark.parametrize("name", CASES)
