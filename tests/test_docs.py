@@ -154,3 +154,17 @@ def test_readme_fidelity_lists_say_exactly_how_each_type_is_checked():
     rest = set(caffe.layer_type_list()) - bvlc - ssd - formula
     assert listed["Checked only against formulas and hand-computed values in their unit tests"] == rest, \
         "README.md's Fidelity section: name each new layer type in the list of how it is checked"
+
+
+def test_layer_package_docstring_lists_every_type_by_module():
+    import pycaffe_norm.layers as layers
+    from pycaffe_norm.layers import base
+
+    listed = {}
+    for item in re.split(r"\n- ", layers.__doc__)[1:]:
+        module, names = re.match(r"``(\w+)``: ([^(]*)", item.replace("\n", " ")).groups()
+        listed[module] = {n.strip() for n in names.split(",") if n.strip()}
+    registered = {}
+    for name in caffe.layer_type_list():
+        registered.setdefault(base.layer_class(name).__module__.rsplit(".", 1)[1], set()).add(name)
+    assert listed == registered, "pycaffe_norm/layers/__init__.py's docstring: list each layer type under its module"

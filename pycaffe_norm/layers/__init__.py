@@ -1,27 +1,49 @@
-"""Layer families. Importing this package registers every layer type with the registry in ``base``."""
+"""Layer families. Importing this package registers every layer type with the registry in ``base``; each
+module registers its classes under the ``type:`` strings a prototxt uses (MyCaffe's spellings included):
+
+- ``annotated_data``: AnnotatedData (SSD)
+- ``common``: ArgMax, BatchReindex, Concat, Crop, Eltwise, Filter, Flatten, Parameter, Reduction, Reshape, Silence,
+  Slice, Split, Tile
+- ``data``: Data, DummyData, HDF5Data, HDF5Output, ImageData, Input, MemoryData
+- ``detection``: DetectionEvaluate, DetectionOutput, MultiBoxLoss, Permute, PriorBox, SmoothL1Loss (SSD)
+- ``inner_product``: Embed, InnerProduct
+- ``loss``: Accuracy, ContrastiveLoss, EuclideanLoss, HingeLoss, InfogainLoss, MultinomialLogisticLoss,
+  SigmoidCrossEntropyLoss, Softmax, SoftmaxWithLoss
+- ``mycaffe_data``: DataSequence
+- ``mycaffe_embedding``: AccuracyDecode, AccuracyEncoding, Debug, Decode, Knn
+- ``mycaffe_loss``: MemoryLoss, TripletLoss
+- ``mycaffe_recurrent``: LstmAttention, LstmSimple
+- ``mycaffe_vision``: UnPooling
+- ``neuron``: AbsVal, BNLL, Clip, Dropout, ELU, Exp, Log, Power, PReLU, ReLU, Sigmoid, Swish, TanH, Threshold
+- ``normalization``: BatchNorm, globresnet, GlobResNorm, GRN, LRN, MVN, Normalization1, Normalization2, Normalize
+- ``python_layer``: Python (user layer classes, as in pycaffe)
+- ``recurrent``: LSTM, LSTMUnit, RNN
+- ``scale``: Bias, Scale
+- ``vision``: Convolution, Deconvolution, Im2col, Pooling, SPP
+"""
 from __future__ import annotations
 
 from ..proto import caffe_pb2
 
-# One module per layer family; each registers its classes on import.
+# One module per layer family (the docstring lists their types); each registers its classes on import.
 from . import (
-    annotated_data,  # noqa: F401,E402  AnnotatedData (SSD)
-    common,  # noqa: F401,E402  Split, Concat, Slice, Eltwise, Flatten, Reshape, Silence
-    data,  # noqa: F401,E402  Input, HDF5Data
-    detection,  # noqa: F401,E402  Permute, PriorBox, SmoothL1Loss, MultiBoxLoss, DetectionOutput, DetectionEvaluate
-    inner_product,  # noqa: F401,E402  InnerProduct
-    loss,  # noqa: F401,E402  Softmax, SoftmaxWithLoss, EuclideanLoss, Accuracy
-    mycaffe_data,  # noqa: F401,E402  DataSequence
-    mycaffe_embedding,  # noqa: F401,E402  Decode, AccuracyDecode, AccuracyEncoding, Knn, Debug
-    mycaffe_loss,  # noqa: F401,E402  TripletLoss, MemoryLoss
-    mycaffe_recurrent,  # noqa: F401,E402  LSTM engine CUDNN, LstmSimple, LstmAttention
-    mycaffe_vision,  # noqa: F401,E402  UnPooling
-    neuron,  # noqa: F401,E402  ReLU, Sigmoid, TanH, AbsVal, ELU, Power, PReLU, Dropout
-    normalization,  # noqa: F401,E402  BatchNorm, LRN, MVN, Normalization1, GRN, Normalize
-    python_layer,  # noqa: F401,E402  Python (user layer classes, as in pycaffe)
-    recurrent,  # noqa: F401,E402  RNN, LSTM, LSTMUnit
-    scale,  # noqa: F401,E402  Scale, Bias
-    vision,  # noqa: F401,E402  Convolution, Deconvolution, Pooling
+    annotated_data,  # noqa: F401,E402
+    common,  # noqa: F401,E402
+    data,  # noqa: F401,E402
+    detection,  # noqa: F401,E402
+    inner_product,  # noqa: F401,E402
+    loss,  # noqa: F401,E402
+    mycaffe_data,  # noqa: F401,E402
+    mycaffe_embedding,  # noqa: F401,E402
+    mycaffe_loss,  # noqa: F401,E402
+    mycaffe_recurrent,  # noqa: F401,E402
+    mycaffe_vision,  # noqa: F401,E402
+    neuron,  # noqa: F401,E402
+    normalization,  # noqa: F401,E402
+    python_layer,  # noqa: F401,E402
+    recurrent,  # noqa: F401,E402
+    scale,  # noqa: F401,E402
+    vision,  # noqa: F401,E402
 )
 from .base import TEST, TRAIN, Layer, layer_class, layer_type_list, register  # noqa: F401
 
