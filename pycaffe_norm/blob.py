@@ -1,11 +1,86 @@
 """Blob: an N-d array of data and its gradient (diff), as in Caffe."""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Optional, Sequence
 
 import numpy as np
 
 from . import backend
+from .errors import PcnError
+
+# Below this size an allocation is not checked against the free memory (reading it costs more than the risk).
+_CHECKED_BYTES = 64 << 20
+
+
+class MemoryLimitError(PcnError):
+    """A blob (or the net being built) would need more memory than the machine has free: names the estimate."""
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the process can still allocate: Linux's MemAvailable, capped by a cgroup v2 memory limit; None when
+    neither can be read (then nothing is checked)."""
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            left = max(int(limit) - used, 0)
+            free = left if free is None else min(free, left)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return ("%d %s" if unit == "B" else "%.1f %s") % (n, unit)
+        n /= 1024.0
+    return "%d B" % n
+
+
+# The bytes still free for the net being built (see memory_budget), or None outside a build.
+_budget: Optional[list] = None
+
+
+@contextlib.contextmanager
+def memory_budget():
+    """While a Net is built, every CPU blob allocation is counted against the memory free at the start, so a net
+    too large for the machine is refused with an estimate before the allocation that would not fit (NumPy's
+    zeros are lazily mapped: without this, the process would be killed later, when the pages are touched)."""
+    global _budget
+    outer = _budget
+    free = available_memory()
+    _budget = None if free is None else [free, 0]
+    try:
+        yield
+    finally:
+        _budget = outer
+
+
+def _check_allocation(shape: tuple, nbytes: int) -> None:
+    if _budget is not None:
+        _budget[1] += nbytes
+        if _budget[1] > _budget[0]:
+            raise MemoryLimitError("with a blob of shape %s the net needs at least %s for its blobs (data and "
+                                   "diff), more than the %s of memory free" % (shape, format_bytes(_budget[1]),
+                                                                               format_bytes(_budget[0])))
+    elif nbytes >= _CHECKED_BYTES:
+        free = available_memory()
+        if free is not None and nbytes > free:
+            raise MemoryLimitError("a blob of shape %s needs %s (data and diff), more than the %s of memory free"
+                                   % (shape, format_bytes(nbytes), format_bytes(free)))
 
 
 class Blob:
@@ -37,8 +112,15 @@ class Blob:
             self._data = self._data.reshape(shape)
             self._diff = self._diff.reshape(shape)
         else:
-            self._data = self._xp.zeros(shape, dtype=self.dtype)
-            self._diff = self._xp.zeros(shape, dtype=self.dtype)
+            if self._xp is np:
+                _check_allocation(shape, 2 * count * self.dtype.itemsize)
+            try:
+                self._data = self._xp.zeros(shape, dtype=self.dtype)
+                self._diff = self._xp.zeros(shape, dtype=self.dtype)
+            except (MemoryError, ValueError) as e:  # NumPy: "array is too big" is a ValueError
+                raise MemoryLimitError("cannot allocate a blob of shape %s (%s for data and diff): %s"
+                                       % (shape, format_bytes(2 * count * self.dtype.itemsize),
+                                          " ".join(str(e).split()))) from None
         self._shape = shape
 
     def reshape_like(self, other: "Blob") -> None:

@@ -470,6 +470,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except MemoryError as e:  # a working buffer beyond the blobs that Net checks before allocating
             message = _one_line("out of memory%s: the model's shapes are too large for this machine"
                                 % (" (%s)" % e if str(e) else ""))
+        except MemoryError as e:  # a working buffer beyond the blobs that Net checks before allocating
+            message = _one_line("out of memory%s: the model's shapes are too large for this machine"
+                                % (" (%s)" % e if str(e) else ""))
         except KeyboardInterrupt:
             print("pcn: interrupted", file=sys.stderr)
             return 130

@@ -8,7 +8,7 @@ from typing import Iterable, List, Optional
 import numpy as np
 
 from . import backend, prototxt
-from .blob import Blob
+from .blob import Blob, MemoryLimitError, memory_budget
 from .errors import NetError, PcnError, ShapeError
 from .layers import create_layer
 from .proto import caffe_pb2
@@ -157,7 +157,8 @@ class Net:
         param.state.stage.extend([s for s in stages if s not in param.state.stage])
         self.phase = phase
         self.dtype = np.dtype(dtype)
-        self._init(param)
+        with memory_budget():
+            self._init(param)
         if weights is not None:
             self.copy_from(weights)
 
@@ -265,6 +266,8 @@ class Net:
                 layer.blobs = [_blob_from_proto(b, self.dtype, xp) for b in lp.blobs]
             try:
                 layer.initialize(bottoms, tops)
+            except MemoryLimitError as e:
+                raise MemoryLimitError("layer %r (%s): %s" % (lp.name, lp.type, e)) from None
             except ShapeError:
                 raise
             except PcnError:

@@ -274,6 +274,29 @@ def test_non_finite_gradient_is_named_when_outputs_are_finite(tmp_path):
 
 # --- 4. one-line errors instead of tracebacks ------------------------------------------------------------------
 
+def test_shapes_too_large_for_memory_are_refused_with_the_estimate(tmp_path, capsys):
+    model = tmp_path / "huge.prototxt"
+    model.write_text(NET.replace("dim: 8 dim: 5", "dim: 800000 dim: 50000"))   # 2 x 149 GiB
+    assert main(["time", "--model", str(model), "--iterations", "1"]) == 2
+    line = error_line(capsys)
+    assert re.search(r"layer 'data' \(DummyData\): with a blob of shape \(800000, 50000\) the net needs at least "
+                     r"298\.0 GiB .* of memory free", line), line
+
+
+def test_memory_estimate_counts_the_whole_net(tmp_path, monkeypatch):
+    # every blob fits alone (at most 800 bytes); together they need 31 KB
+    from pycaffe_norm import blob
+
+    monkeypatch.setattr(blob, "available_memory", lambda: 16 << 10)
+    layers = "".join('layer { name: "ip%d" type: "InnerProduct" bottom: "x%d" top: "x%d" '
+                     'inner_product_param { num_output: 10 } }\n' % (i, i, i + 1) for i in range(20))
+    model = tmp_path / "deep.prototxt"
+    model.write_text('layer { name: "in" type: "Input" top: "x0" input_param { shape { dim: 8 dim: 10 } } }\n'
+                     + layers)
+    with pytest.raises(blob.MemoryLimitError, match=r"layer 'ip\d+' \(InnerProduct\): .*16\.0 KiB of memory free"):
+        caffe.Net(str(model), caffe.TEST)
+
+
 def test_dev_zero_as_model(capsys):
     assert main(["time", "--model", "/dev/zero", "--iterations", "1"]) == 2
     assert "not a regular file: /dev/zero" in error_line(capsys)
