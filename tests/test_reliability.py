@@ -426,3 +426,39 @@ def test_python_m_does_not_let_the_working_directory_shadow_a_layer_module(tmp_p
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "shadowed" not in run.stderr and "double\tforward" in run.stderr
+
+
+# --- 4. a truncated LMDB is refused before it is mapped --------------------------------------------------------
+
+def lmdb_net(tmp_path, damage):
+    from tests.support import write_lmdb
+
+    datums = [caffe.io.array_to_datum(np.full((1, 16, 16), i % 256, np.uint8), label=i % 3) for i in range(600)]
+    db = write_lmdb(tmp_path / "db", datums)
+    data_file = pathlib.Path(db) / "data.mdb"
+    raw = data_file.read_bytes()
+    if damage == "truncate":
+        data_file.write_bytes(raw[:len(raw) // 2])
+    elif damage == "header":
+        data_file.write_bytes(b"\0" * 64 + raw[64:])
+    model = tmp_path / "lmdb.prototxt"
+    model.write_text('layer { name: "data" type: "Data" top: "data" top: "label" data_param { source: "%s" '
+                     'batch_size: 4 backend: LMDB } }\n' % db)
+    return model
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_damaged_lmdb_gives_one_line_not_sigbus(tmp_path, damage):
+    model = lmdb_net(tmp_path, damage)
+    run = subprocess.run([sys.executable, "-m", "pycaffe_norm", "time", "--model", str(model), "--iterations", "50"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert run.returncode == 2, run.stderr   # SIGBUS would be -7
+    line = error_line_of(run.stderr)
+    assert "data.mdb" in line and ("truncated" if damage == "truncate" else "not an LMDB data file") in line
+
+
+def test_intact_lmdb_still_reads(tmp_path):
+    net = caffe.Net(str(lmdb_net(tmp_path, None)), caffe.TEST)
+    net.forward()
+    assert net.blobs["data"].data.shape == (4, 1, 16, 16)

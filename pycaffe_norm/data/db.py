@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import weakref
 from typing import Callable, Iterable, Optional, Tuple
@@ -148,6 +149,47 @@ class _LevelDBHandle:
         weakref.finalize(self, db.close)
 
 
+_LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_VERSION = 1
+
+
+def check_lmdb_file(data_file: str) -> None:
+    """Checks an LMDB data file against its own header before it is mapped: a file shorter than the pages its
+    newest meta page counts (a truncated copy, a full disk) would kill the process with SIGBUS when read.
+
+    Layout (LMDB's mdb.c): two meta pages, each a 16-byte page header and MDB_meta: magic and version (uint32), the
+    map address and size, two 48-byte MDB_db records (the first one's md_pad holds the page size), the last page
+    number and the transaction id; the meta page with the higher transaction id is the current one.
+    """
+    try:
+        size = os.path.getsize(data_file)
+        with open(data_file, "rb") as f:
+            head = f.read(152)
+            if len(head) < 152:
+                raise PcnError("%s is not an LMDB data file (%d bytes, shorter than its header)" % (data_file, size))
+            magic, version = struct.unpack_from("<II", head, 16)
+            if magic != _LMDB_MAGIC:
+                raise PcnError("%s is not an LMDB data file (no LMDB magic number in its header)" % data_file)
+            if version != _LMDB_VERSION:
+                raise PcnError("%s: LMDB data format version %d, pcn's lmdb reads version %d"
+                               % (data_file, version, _LMDB_VERSION))
+            page_size = struct.unpack_from("<I", head, 40)[0]
+            if page_size < 512 or page_size & (page_size - 1):
+                raise PcnError("%s: corrupt LMDB header (page size %d)" % (data_file, page_size))
+            metas = [head]
+            f.seek(page_size)
+            second = f.read(152)
+            if len(second) == 152 and struct.unpack_from("<I", second, 16)[0] == _LMDB_MAGIC:
+                metas.append(second)
+    except OSError as e:
+        raise PcnError("cannot read LMDB %s: %s" % (data_file, e.strerror or e)) from None
+    last_page, _ = max((struct.unpack_from("<QQ", m, 136) for m in metas), key=lambda lt: lt[1])
+    needed = (last_page + 1) * page_size
+    if needed > size:
+        raise PcnError("%s is truncated: its header counts %d pages of %d bytes (%d bytes) but the file has %d bytes"
+                       % (data_file, last_page + 1, page_size, needed, size))
+
+
 class LMDBReader(Reader):
     def __init__(self, path: str) -> None:
         import lmdb
@@ -157,6 +199,7 @@ class LMDBReader(Reader):
         key = ("lmdb",) + _identity(path, data_file)
         self._env = _OPEN.get(key)
         if self._env is None:
+            check_lmdb_file(data_file)
             try:
                 # Read-only and lock-free, as Caffe opens it (MDB_RDONLY | MDB_NOTLS): a writer may hold the lock.
                 self._env = lmdb.open(path, readonly=True, lock=False, readahead=False,
