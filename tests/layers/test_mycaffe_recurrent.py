@@ -515,3 +515,11 @@ def test_mycaffe_recurrent_nets_train(type_name, param):
     assert np.isfinite(loss)
     lstm = [lay for lay in net.layers if lay.name == "lstm1"][0]
     assert all(np.isfinite(b.diff).all() and np.any(b.diff != 0) for b in lstm.blobs)
+
+
+def test_mycaffe_type_strings_read_as_pcn_types():
+    net_param = caffe_pb2.NetParameter()
+    text_format.Parse('layer { name: "a" type: "Lstm" recurrent_param { num_output: 2 } } '
+                      'layer { name: "b" type: "Rnn" recurrent_param { num_output: 2 } } '
+                      'layer { name: "c" type: "lstm_simple" } layer { name: "d" type: "LSTM_ATTENTION" }', net_param)
+    assert [lp.type for lp in upgrade_net(net_param).layer] == ["LSTM", "RNN", "LstmSimple", "LstmAttention"]
