@@ -158,12 +158,18 @@ def _convolution(g, layer, xs, bottoms, tops, outs):
     return [g.op(op_type, [x] + params, out, **attrs) for x, out in zip(xs, outs)]
 
 
-def _pool_end_pad(size: int, out: int, kernel: int, stride: int, pad: int) -> int:
-    """End padding that makes floor-mode pooling give Caffe's ``out`` windows: the last window starts at
-    (out - 1) * stride - pad and must fit, so the padded extent is at least (out - 1) * stride + kernel."""
-    end = max((out - 1) * stride + kernel - size - pad, 0)
-    assert (size + pad + end - kernel) // stride + 1 == out
-    return end
+def _pool_end_pad(size: int, out: int, kernel: int, stride: int, pad: int) -> Tuple[int, int]:
+    """(end padding, windows missing): floor-mode pooling with ``pad`` at the start and this end padding gives
+    Caffe's ``out`` windows but the last ``missing``, which lie wholly beyond the input.
+
+    The last window starts at (out - 1) * stride - pad, so the padded extent must reach (out - 1) * stride + kernel;
+    ONNX runtimes require pads smaller than the kernel, and where that is not enough (stride > kernel with ceil
+    rounding) the windows left out start at or after ``size``: empty windows, filled in afterwards.
+    """
+    end = min(max((out - 1) * stride + kernel - size - pad, 0), kernel - 1)
+    got = (size + pad + end - kernel) // stride + 1
+    assert got == out or (got < out and got * stride - pad >= size)
+    return end, out - got
 
 
 @_converts("Pooling")
@@ -172,36 +178,38 @@ def _pooling(g, layer, xs, bottoms, tops, outs):
         raise _Refused("a second top (the MAX argmax mask)")
     n, c, h, w = bottoms[0].shape
     x, out = xs[0], outs[0]
-    if layer.kernel == (h, w) and not any(layer.pad):
-        return [g.op("GlobalMaxPool" if layer.method == _PP.MAX else "GlobalAveragePool", [x], out)]
-    # Caffe's output size (ceil or floor, the last window starting inside the image or its left padding) is
-    # reproduced in floor mode with an explicit end padding; ONNX pads must stay smaller than the kernel, so a
-    # wider end padding (stride > kernel with ceil rounding) is an explicit Pad.
-    begin = list(layer.pad)
-    end = [_pool_end_pad(size, o, k, s, p)
-           for size, o, k, s, p in zip((h, w), layer.out, layer.kernel, layer.stride, layer.pad)]
-    attrs = dict(kernel_shape=list(layer.kernel), strides=list(layer.stride))
     is_max = layer.method == _PP.MAX
-    if all(e < k for e, k in zip(end, layer.kernel)):
-        attrs["pads"] = begin + end
-    else:
-        # MAX: Caffe's empty windows give -FLT_MAX, which is what a -FLT_MAX padding gives
-        fill = g.const("pad_value", -_FLT_MAX if is_max else 0.0)
-        x = g.op("Pad", [x, g.ints("pads", [0, 0] + begin + [0, 0] + end), fill], mode="constant")
-    if is_max:
-        return [g.op("MaxPool", [x], out, **attrs)]
-    # AVE: every window lies inside the padded extent, so count_include_pad divides by kh * kw everywhere;
-    # Caffe divides by the window clipped to [-pad, size + pad): rescale where the two differ.
+    if layer.kernel == (h, w) and not any(layer.pad):
+        return [g.op("GlobalMaxPool" if is_max else "GlobalAveragePool", [x], out)]
+    # Caffe's output size (ceil or floor, the last window starting inside the image or its left padding) is
+    # reproduced in floor mode with explicit pads, not with ONNX's ceil_mode.
+    ends, missing = zip(*[_pool_end_pad(size, o, k, s, p)
+                          for size, o, k, s, p in zip((h, w), layer.out, layer.kernel, layer.stride, layer.pad)])
+    attrs = dict(kernel_shape=list(layer.kernel), strides=list(layer.stride), pads=list(layer.pad) + list(ends))
+    area = _caffe_pool_divisor(layer, (h, w))
+    full = float(layer.kernel[0] * layer.kernel[1])
+    rescale = not is_max and not np.all(area == full)
+    last = not any(missing) and not rescale
+    if is_max:      # MAX windows skip ONNX padding, as Caffe's windows never read theirs
+        y = g.op("MaxPool", [x], out if last else None, **attrs)
+    else:           # every window lies inside the padded extent: count_include_pad divides by kh * kw
+        y = g.op("AveragePool", [x], out if last else None, count_include_pad=1, **attrs)
+    if any(missing):    # empty windows: Caffe gives -FLT_MAX (MAX) or 0 (AVE)
+        fill = g.const("empty_window", -_FLT_MAX if is_max else 0.0)
+        y = g.op("Pad", [y, g.ints("pads", [0, 0, 0, 0, 0, 0] + list(missing)), fill], None if rescale else out,
+                 mode="constant")
+    if rescale:     # Caffe divides by the window clipped to [-pad, size + pad)
+        y = g.op("Mul", [y, g.const("area_rescale", full / area)], out)
+    return [y]
+
+
+def _caffe_pool_divisor(layer, in_hw: Tuple[int, int]) -> np.ndarray:
+    """Caffe's AVE divisor per output position: the window clipped to [-pad, size + pad) (at least 1)."""
     sizes = []
-    for size, k, s, p, o in zip((h, w), layer.kernel, layer.stride, layer.pad, layer.out):
+    for size, k, s, p, o in zip(in_hw, layer.kernel, layer.stride, layer.pad, layer.out):
         start = np.arange(o) * s - p
         sizes.append(np.minimum(start + k, size + p) - start)
-    area = np.maximum(np.outer(sizes[0], sizes[1]), 1).astype(np.float64)
-    full = float(layer.kernel[0] * layer.kernel[1])
-    if np.all(area == full):
-        return [g.op("AveragePool", [x], out, count_include_pad=1, **attrs)]
-    mean = g.op("AveragePool", [x], None, count_include_pad=1, **attrs)
-    return [g.op("Mul", [mean, g.const("area_rescale", full / area)], out)]
+    return np.maximum(np.outer(sizes[0], sizes[1]), 1).astype(np.float64)
 
 
 @_converts("SPP")
