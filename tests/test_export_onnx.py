@@ -28,17 +28,16 @@ TOLERANCE = 1e-4
 
 
 def randomize(net, seed: int = 0) -> None:
-    """Random weights that keep activations of order one: weights ~ N(0, 1/fan_in), biases and per-channel
+    """Random weights that keep activations of order one: weights of variance 1/fan_in, biases and per-channel
     parameters around their usual values, BatchNorm statistics of a plausible mean, variance and factor S."""
     rng = np.random.RandomState(seed)
     fast = np.random.default_rng(seed)
     for layer, lp in zip(net.layers, net.layer_params):
         for k, blob in enumerate(layer.blobs):
             shape = blob.shape
-            if lp.type == "BatchNorm":
-                value = {0: rng.randn(*shape) * 0.5 * 3.0, 1: rng.uniform(0.5, 2.0, shape) * 3.0,
-                         2: np.full(shape, 3.0)}.get(k, rng.uniform(0.5, 1.5, shape) if k == 3 else
-                                                       rng.randn(*shape) * 0.1)
+            if lp.type == "BatchNorm":      # sums of mean and variance with S = 3; MyCaffe's scale and bias
+                value = [rng.randn(*shape) * 1.5, rng.uniform(1.5, 6.0, shape), np.full(shape, 3.0),
+                         rng.uniform(0.5, 1.5, shape), rng.randn(*shape) * 0.1][k]
             elif len(shape) >= 2:       # uniform, variance 1 / fan_in: fast to draw for CaffeNet's 61M weights
                 value = fast.random(shape, dtype=np.float32)
                 value -= 0.5
