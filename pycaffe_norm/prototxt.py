@@ -8,9 +8,28 @@ import tempfile
 from google.protobuf import message as _message
 from google.protobuf import text_format
 
-from .errors import PcnError, PrototxtError
+from .errors import PcnError, PrototxtError, did_you_mean
 
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+
+
+_MESSAGE_TYPE = re.compile(r'Message type "([\w.]+)"')
+_STRAY_BRACE = re.compile(r"Expected identifier or number, got \}\.$")
+
+
+def _unknown_field_hint(detail: str, field: str) -> str:
+    """A "did you mean" for a misspelt field of the message protobuf names, else the hint about Caffe forks."""
+    from .proto import caffe_pb2
+
+    m = _MESSAGE_TYPE.search(detail)
+    names = []
+    if m:
+        try:
+            names = [f.name for f in caffe_pb2.DESCRIPTOR.pool.FindMessageTypeByName(m.group(1)).fields]
+        except KeyError:
+            pass
+    return did_you_mean(field, names) or (" (field %r is not in pcn's Caffe schema; it may come from a Caffe fork "
+                                          "that pcn does not know)" % field)
 
 
 def _read_bytes(path: str, what: str) -> bytes:
@@ -37,8 +56,9 @@ def parse_text(text: str, msg, source: str = "<string>"):
         where = "%s:%s:%s" % (source, line, col) if line is not None else source
         m = _UNKNOWN_FIELD.search(detail)
         if m:
-            detail += (" (field %r is not in pcn's Caffe schema; it may come from a Caffe fork that pcn does not "
-                       "know)" % m.group(1))
+            detail += _unknown_field_hint(detail, m.group(1))
+        elif _STRAY_BRACE.search(detail):
+            detail = "a '}' that closes no open block (a stray '}', or one too many)"
         raise PrototxtError("%s: %s" % (where, detail)) from None
     return msg
 

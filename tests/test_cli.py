@@ -174,7 +174,24 @@ def test_error_unknown_field(tmp_path, capsys):
     bad.write_text('layer { name: "a" type: "Input" top: "x" frobnication_param { } }\n')
     assert main(["time", "--model", str(bad)]) == 2
     line = error_line(capsys)
-    assert "frobnication_param" in line and "fork" in line
+    assert "frobnication_param" in line and "fork" in line and "did you mean" not in line
+    bad.write_text('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
+                   'layer { name: "b" type: "Convolution" botom: "x" top: "y" }\n')
+    assert main(["time", "--model", str(bad)]) == 2
+    line = error_line(capsys)
+    assert "bad.prototxt:2:" in line and "botom" in line and "(did you mean 'bottom'?)" in line and "fork" not in line
+    bad.write_text('layer { name: "b" type: "Convolution" convolution_param { num_outptu: 3 } }\n')
+    assert main(["time", "--model", str(bad)]) == 2
+    assert "(did you mean 'num_output'?)" in error_line(capsys)
+
+
+def test_error_stray_closing_brace_at_its_own_line(tmp_path, capsys):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('name: "x"\nlayer { name: "a" type: "Input" top: "d" input_param { shape { dim: 1 } } }\n}\n'
+                   'layer { name: "b" type: "ReLU" bottom: "d" top: "e" }\n')
+    assert main(["time", "--model", str(bad)]) == 2
+    line = error_line(capsys)
+    assert "bad.prototxt:3:1: a '}' that closes no open block" in line and "field" not in line
 
 
 def test_error_unknown_layer_type(tmp_path, capsys):
