@@ -413,22 +413,18 @@ class PoolingLayer(Layer):
             self._first, self._first_key = first, key
         return self._first
 
-    def _pad_chunk(self, x, buf, fill_value, n0: int, n1: int):
-        """Images ``n0:n1`` of ``x``; in ``buf`` (the padded extent, padding ``fill_value``) when padding is needed."""
-        if buf is None:
-            return x[n0:n1]
-        b = buf[n0:n1]
+    def _pad_block(self, x, fill_value, scratch):
+        """``x`` (a block of images) in the padded extent (padding ``fill_value``), or ``x`` when none is needed."""
+        if not self._needs_pad:
+            return x
+        b = scratch.get("pool_pad", x.shape[:2] + self.padded, x.dtype, _xp(x))
         (ph, pw), (h, w) = self.pad, self.in_hw
         b[:, :, :ph] = fill_value  # only the border: the interior is overwritten below
         b[:, :, ph + h:] = fill_value
         b[:, :, ph:ph + h, :pw] = fill_value
         b[:, :, ph:ph + h, pw + w:] = fill_value
-        b[:, :, ph:ph + h, pw:pw + w] = x[n0:n1]
+        b[:, :, ph:ph + h, pw:pw + w] = x
         return b
-
-    def _padded_buffer(self, key: str, a):
-        # allocated here, before the threads split the batch: Workspace.get is not thread-safe
-        return self._ws.get(key, a.shape[:2] + self.padded, a.dtype, _xp(a)) if self._needs_pad else None
 
     def forward(self, bottom, top):
         x = bottom[0].data
@@ -444,28 +440,26 @@ class PoolingLayer(Layer):
                 if len(top) > 1:
                     top[1].data.reshape(n, c)[...] = self._arg
                 return
-            # padding holds -FLT_MAX, Caffe's starting value, so it never wins against real data
-            xpad = self._padded_buffer("xpad", x)
-            lowest = np.finfo(x.dtype).min
+            lowest = np.finfo(x.dtype).min  # Caffe's starting value: padding never wins against real data
             wins = self._windows
             itype = np.int8 if len(wins) < 127 else np.int32
+            # the argmax is kept for backward; everything else is per-thread scratch of one block of images
             arg = self._ws.get("arg", y.shape, itype, xp)
-            if len(wins) > 1:
-                better = self._ws.get("better", y.shape, np.bool_, xp)
-                step = self._ws.get("step", y.shape, itype, xp)
-                spare = self._ws.get("ymax", y.shape, y.dtype, xp)
 
-            def chunk(n0, n1):
-                xs, ys, ag = self._pad_chunk(x, xpad, lowest, n0, n1), y[n0:n1], arg[n0:n1]
+            def block(n0, n1):
+                scratch = ic.shared_workspace()
+                xs, ys, ag = self._pad_block(x[n0:n1], lowest, scratch), y[n0:n1], arg[n0:n1]
                 if len(wins) == 1:
                     ys[...] = xs[wins[0][2]]
                     ag.fill(0)
                     return
-                bt, st = better[n0:n1], step[n0:n1]
+                bt = scratch.get("pool_mask", ys.shape, np.bool_, xp)
+                st = scratch.get("pool_step", ys.shape, itype, xp)
                 # The running max alternates between y and a spare buffer (the last write lands in y), so that
                 # "did window k raise it" compares two contiguous arrays, new > old (the same as window > old,
                 # NaN included) instead of reading the strided window a second time.
-                bufs = (ys, spare[n0:n1]) if len(wins) % 2 == 0 else (spare[n0:n1], ys)
+                spare = scratch.get("pool_tmp", ys.shape, ys.dtype, xp)
+                bufs = (ys, spare) if len(wins) % 2 == 0 else (spare, ys)
                 v0, v1 = xs[wins[0][2]], xs[wins[1][2]]
                 xp.greater(v1, v0, out=bt)  # strict: ties keep the earlier offset, as Caffe's scan
                 cur = bufs[0]
@@ -481,7 +475,7 @@ class PoolingLayer(Layer):
                     xp.add(ag, st, out=ag)
                     cur = new
 
-            parallel.over_batch(n, chunk, x.size, numpy, _POOL_BLOCK)
+            parallel.over_batch(n, block, x.size, numpy, _POOL_BLOCK)
             self._arg = arg
             if len(top) > 1:
                 oi = xp.asarray([i for i, _, _ in wins], dtype=np.int64)[arg]
@@ -494,17 +488,16 @@ class PoolingLayer(Layer):
             if self._is_global:
                 y.reshape(n, c)[...] = x.reshape(n, c, h * w).sum(axis=2) / self._area.reshape(())
                 return
-            xpad = self._padded_buffer("xpad", x)
             wins = self._windows
 
-            def chunk(n0, n1):
-                xs, ys = self._pad_chunk(x, xpad, 0, n0, n1), y[n0:n1]
+            def block(n0, n1):
+                xs, ys = self._pad_block(x[n0:n1], 0, ic.shared_workspace()), y[n0:n1]
                 ys[...] = xs[wins[0][2]]
                 for _, _, sl in wins[1:]:
                     ys += xs[sl]
                 ys /= self._area
 
-            parallel.over_batch(n, chunk, x.size, numpy, _POOL_BLOCK)
+            parallel.over_batch(n, block, x.size, numpy, _POOL_BLOCK)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -521,38 +514,32 @@ class PoolingLayer(Layer):
             else:
                 dx[...] = (dy / self._area).reshape(n, c, 1, 1)
             return
-        grad = self._padded_buffer("dxpad", dx)
-        target = dx if grad is None else grad
         wins = self._windows
-        if self.method == _PP.MAX:
-            hit = self._ws.get("better", dy.shape, np.bool_, xp)
-            first = self._first_touch()
-            tmp = None if all(first) else self._ws.get("tmp", dy.shape, dy.dtype, xp)
-        else:
-            g = self._ws.get("tmp", dy.shape, dy.dtype, xp)
+        first = self._first_touch() if self.method == _PP.MAX else None
 
-        def chunk(n0, n1):
-            b, d = target[n0:n1], dy[n0:n1]
-            b.fill(0)
+        def block(n0, n1):
+            scratch = ic.shared_workspace()
+            d = dy[n0:n1]
+            g = dx[n0:n1] if not self._needs_pad else scratch.get("pool_pad", d.shape[:2] + self.padded, d.dtype, xp)
+            g.fill(0)
+            tmp = scratch.get("pool_tmp", d.shape, d.dtype, xp)
             if self.method == _PP.MAX:
-                ht, ag = hit[n0:n1], self._arg[n0:n1]
+                hit, ag = scratch.get("pool_mask", d.shape, np.bool_, xp), self._arg[n0:n1]
                 for k, (_, _, sl) in enumerate(wins):
-                    xp.equal(ag, k, out=ht)
+                    xp.equal(ag, k, out=hit)
                     if first[k]:  # no earlier window reaches these positions: write instead of adding to zero
-                        xp.multiply(d, ht, out=b[sl])
+                        xp.multiply(d, hit, out=g[sl])
                     else:
-                        t = tmp[n0:n1]
-                        xp.multiply(d, ht, out=t)
-                        b[sl] += t
+                        xp.multiply(d, hit, out=tmp)
+                        g[sl] += tmp
             else:
-                gs = g[n0:n1]
-                xp.divide(d, self._area, out=gs)
+                xp.divide(d, self._area, out=tmp)
                 for _, _, sl in wins:
-                    b[sl] += gs
-            if grad is not None:
-                dx[n0:n1] = b[:, :, ph:ph + h, pw:pw + w]
+                    g[sl] += tmp
+            if self._needs_pad:
+                dx[n0:n1] = g[:, :, ph:ph + h, pw:pw + w]
 
-        parallel.over_batch(n, chunk, target.size, xp is np, _POOL_BLOCK)
+        parallel.over_batch(n, block, dx.size, xp is np, _POOL_BLOCK)
 
 
 @register("SPP")
