@@ -511,7 +511,10 @@ class Solver:
         else:
             msg = prototxt.read_binary(state_file, caffe_pb2.SolverState(), "solver state file")
             it, step, learned = msg.iter, msg.current_step, msg.learned_net
-            history = [blobproto_to_array(b) for b in msg.history]
+            try:
+                history = [blobproto_to_array(b) for b in msg.history]
+            except PcnError as e:
+                raise PcnError("%s: %s" % (state_file, e)) from None
         if len(history) != len(self.history):
             raise PcnError("%s: %d history blobs, but this solver and net need %d (a different net or solver type?)"
                            % (state_file, len(history), len(self.history)))
