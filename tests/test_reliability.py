@@ -227,6 +227,20 @@ def test_duplicate_names_of_layers_without_parameters_stay_allowed(tmp_path):
         caffe.Net(str(tmp_path / "d.prototxt"), caffe.TRAIN)
 
 
+def test_training_twice_with_a_seed_gives_the_same_bytes(tmp_path):
+    outputs = []
+    for run in ("a", "b"):
+        folder = tmp_path / run
+        folder.mkdir()
+        solver = write_solver(folder, 'type: "Adam"\nsnapshot_after_train: true\n')
+        assert main(["train", "--solver", solver]) == 0
+        outputs.append([(folder / "snap" / ("two_iter_6." + kind)).read_bytes() for kind in ("caffemodel",
+                                                                                          "solverstate")])
+    assert outputs[0][0] == outputs[1][0]
+    # the state differs only in the learned_net path it names
+    assert outputs[0][1].replace(b"/a/", b"/b/") == outputs[1][1]
+
+
 # --- 3. divergence ---------------------------------------------------------------------------------------------
 
 DIVERGING = 'base_lr: 1e6\nmax_iter: 20\nsnapshot: 1\nsnapshot_after_train: true\n'
