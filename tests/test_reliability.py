@@ -271,6 +271,17 @@ def test_allow_nan_trains_on_as_caffe(tmp_path, capsys):
     assert (tmp_path / "snap" / "two_iter_20.caffemodel").exists()
 
 
+def test_allow_nan_never_overwrites_a_snapshot_with_non_finite_weights(tmp_path, caplog):
+    solver = caffe.get_solver(write_solver(tmp_path, "max_iter: 4\n"))
+    solver.step(2)
+    good = solver.snapshot()
+    saved = (tmp_path / "snap" / "two_iter_2.caffemodel").read_bytes()
+    solver.net.params["ip1"][0].data[0, 0] = np.nan
+    assert solver.snapshot() == good
+    assert (tmp_path / "snap" / "two_iter_2.caffemodel").read_bytes() == saved
+    assert "Not snapshotting: the weights are not finite" in caplog.text
+
+
 def test_divergence_through_the_api(tmp_path):
     solver = caffe.get_solver(write_solver(tmp_path, DIVERGING))
     with pytest.raises(DivergenceError, match="iteration"):

@@ -477,13 +477,16 @@ class Solver:
         """Writes <prefix>_iter_N.caffemodel and .solverstate (atomically); returns the state file's path."""
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
+        state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
+        if os.path.exists(model) and not self._params_finite():   # only reachable with allow_nan
+            log.warning("Not snapshotting: the weights are not finite and %s already exists", model)
+            return state
         if hdf5:
             log.info("Snapshotting to HDF5 file %s", model)
             self.net.save_hdf5(model)
         else:
             log.info("Snapshotting to binary proto file %s", model)
             self.net.save(model, write_diff=self.param.snapshot_diff)
-        state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
         log.info("Snapshotting solver state to %s file %s", "HDF5" if hdf5 else "binary proto", state)
         if hdf5:
             self._write_state_hdf5(state, model)
