@@ -218,11 +218,13 @@ def _chunks(n: int, per_image: int):
 # --- kernel-row path (2-D, stride 1) ----------------------------------------------------------------------
 def use_rows(geom: ConvGeometry, k_in: int, m_out: int) -> bool:
     """Whether the kernel-row path computes a correlation with ``k_in`` input channels per group and ``m_out``
-    outputs per group. It needs 2-D, stride 1; measured (2-core x86, OpenBLAS) it only pays where each kernel row's
-    GEMM is big enough: ``k_in * kw >= 64`` and ``m_out >= 32``, and not for 1x1 kernels (a plain copy either way)."""
+    outputs per group. It needs 2-D, stride 1. Measured on a 2-core x86 (OpenBLAS, CPU time, CIFAR/ResNet/LeNet
+    shapes) it pays for padded convolutions whose kernel-row GEMMs are big enough (``k_in * kw >= 48``, ``m_out >=
+    16``); few input channels (LeNet's and CIFAR's conv1), unpadded layers and 1x1 kernels run faster on im2col."""
     if USE_ROWS is False or len(geom.kernel) != 2 or geom.stride != (1, 1):
         return False
-    return USE_ROWS is True or (geom.kernel_count > 1 and k_in * geom.kernel[1] >= 64 and m_out >= 32)
+    return USE_ROWS is True or (geom.kernel_count > 1 and geom.has_pad and k_in * geom.kernel[1] >= 48
+                                and m_out >= 16)
 
 
 def _full_pad(geom: ConvGeometry):
@@ -385,7 +387,11 @@ def _weight_grad(x, dy, dw, geom: ConvGeometry, group: int, ws: Workspace) -> No
 
 def _data_grad(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> None:
     """``dx`` = the input gradient of ``_forward`` for top gradient ``dy`` (overwritten)."""
-    rows = use_rows(geom, w.shape[0] // group, w.shape[1]) and min(_full_pad(geom)) >= 0
+    # the full correlation runs over the top gradient padded by extent-1-pad: only when that is no more than the
+    # forward's own padding (a "same" convolution), or the zeros cost more than the im2col path saves
+    full = _full_pad(geom)
+    rows = use_rows(geom, w.shape[0] // group, w.shape[1]) and min(full) >= 0 and (
+        USE_ROWS is True or all(f <= p for f, p in zip(full, geom.pad)))
     (_bwd_data_rows if rows else _bwd_data_cols)(dy, w, dx, geom, group, ws)
 
 
