@@ -167,14 +167,17 @@ class CudnnLSTMLayer(Layer):
         else:
             blob = Blob(shape, dtype=bottom[0].dtype, xp=bottom[0].xp)
             flat = bottom[0].xp.zeros(shape[0], dtype=bottom[0].dtype)
+            # The CUDNN engine exists only in MyCaffe, so unset fillers mean MyCaffe's defaults; each gate's
+            # matrix and bias is filled on its own, as MyCaffe fills cuDNN's linear layers.
+            weight_filler = _filler(p, "weight_filler", _XAVIER)
+            bias_filler = _filler(p, "bias_filler", _BIAS_01)
             for layer in self.layer_views(flat):
                 for gate in range(4):
                     rows = slice(gate * self.hidden, (gate + 1) * self.hidden)
                     for name in ("w_ih", "w_hh"):
-                        layer[name][rows] = bottom[0].xp.asarray(
-                            fill_array(p.weight_filler, layer[name][rows].shape))
+                        layer[name][rows] = bottom[0].xp.asarray(fill_array(weight_filler, layer[name][rows].shape))
                     for name in ("b_ih", "b_hh"):
-                        layer[name][rows] = bottom[0].xp.asarray(fill_array(p.bias_filler, (self.hidden,)))
+                        layer[name][rows] = bottom[0].xp.asarray(fill_array(bias_filler, (self.hidden,)))
             blob.data[...] = flat.reshape(shape)
             self.blobs = [blob]
         self.param_propagate_down = [True]

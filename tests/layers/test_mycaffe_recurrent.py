@@ -134,6 +134,14 @@ def test_cudnn_weights_filled_per_matrix_and_bias():
         assert np.all(w_ih == 2) and np.all(w_hh == 2) and np.all(b_ih == 3) and np.all(b_hh == 3)
 
 
+def test_cudnn_unset_fillers_are_mycaffes():
+    lay = layer('type: "LSTM" recurrent_param { engine: CUDNN num_output: 2 }')
+    run(lay, [rand((2, 1, 3), 0), first_zero(2, 1)])
+    w_ih, w_hh, b_ih, b_hh = cudnn_split(lay.blobs[0].data.reshape(-1), 3, 2, 1)[0]
+    assert np.all(b_ih == np.float32(0.1)) and np.all(b_hh == np.float32(0.1))  # MyCaffe's bias 0.1
+    assert np.std(w_ih) > 0 and np.all(np.abs(w_ih) <= np.sqrt(3.0 / 3)) and np.all(np.abs(w_hh) <= np.sqrt(3.0 / 2))
+
+
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_cudnn_forward_matches_reference(num_layers):
     x = rand((4, 3, 5), 1)
