@@ -290,6 +290,14 @@ def test_divergence_through_the_api(tmp_path):
     solver.step(2)
 
 
+def test_an_update_that_overflows_names_the_parameter(tmp_path):
+    solver = caffe.get_solver(write_solver(tmp_path, "max_iter: 1\nmomentum: 0.9\n"))
+    solver.net.layers[1].blobs[1].data[...] = np.inf   # what an overflowing update leaves
+    message = solver._divergence_message(1.5, in_update=True)
+    assert re.search(r"iteration 0: the loss is 1.5 and the first non-finite value is in parameter 1 of layer 'ip1' "
+                     r"\(InnerProduct\), made so by the update \(learning rate 0.1, momentum 0.9", message), message
+
+
 def test_non_finite_gradient_is_named_when_outputs_are_finite(tmp_path):
     solver = caffe.get_solver(write_solver(tmp_path, "max_iter: 1\n"))
     solver.net.layers[2].blobs[0].diff[...] = np.nan   # what a broken backward would leave

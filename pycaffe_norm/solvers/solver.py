@@ -289,9 +289,11 @@ class Solver:
                 log.debug("Iteration %d: %.3g iter/s", self.iter, speed)
                 timer, last_iter = time.perf_counter(), self.iter
                 self._log_outputs(self.net, "Train", None)
-            self.apply_update()
-            if not self.allow_nan and not (math.isfinite(loss) and self._params_finite()):
+            if not self.allow_nan and not (math.isfinite(loss) and self._finite("diff")):
                 raise DivergenceError(self._divergence_message(loss))
+            self.apply_update()
+            if not self.allow_nan and not self._finite("data"):
+                raise DivergenceError(self._divergence_message(loss, in_update=True))
             self.iter += 1
             request = self._requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
@@ -300,24 +302,26 @@ class Solver:
                 self.requested_early_exit = True
                 break
 
-    def _params_finite(self) -> bool:
-        return all(bool(b.xp.isfinite(b.data).all()) for b in self.net.learnable_params)
+    def _finite(self, which: str) -> bool:
+        """Whether the data (or diff) of every learnable parameter is finite."""
+        return all(bool(b.xp.isfinite(getattr(b, which)).all()) for b in self.net.learnable_params)
 
-    def _divergence_message(self, loss: float) -> str:
-        """Names the iteration and where the first non-finite value appeared: the first layer (in forward order)
-        whose output holds one, else the first parameter gradient (in backward order), else the update."""
+    def _divergence_message(self, loss: float, in_update: bool = False) -> str:
+        """Names the iteration and where the first non-finite value appeared: after forward and backward, the first
+        layer (in forward order) whose output holds one, else the first parameter gradient (in backward order);
+        after the update, the first parameter that the update made non-finite."""
         net = self.net
 
         def finite(a) -> bool:
             return bool(backend.array_module(a).isfinite(a).all())
 
         where = None
-        for lp, tops in zip(net.layer_params, net.top_vecs):
+        for lp, tops in [] if in_update else zip(net.layer_params, net.top_vecs):
             bad = [name for name, t in zip(lp.top, tops) if not finite(t.data)]
             if bad:
                 where = "the output %r of layer %r (%s)" % (bad[0], lp.name, lp.type)
                 break
-        if where is None:
+        if where is None and not in_update:
             for lp, layer in reversed(list(zip(net.layer_params, net.layers))):
                 bad = [i for i, b in enumerate(layer.blobs) if not finite(b.diff)]
                 if bad:
@@ -327,8 +331,8 @@ class Solver:
             for lp, layer in zip(net.layer_params, net.layers):
                 bad = [i for i, b in enumerate(layer.blobs) if not finite(b.data)]
                 if bad:
-                    where = ("parameter %d of layer %r (%s) after the update (learning rate %g too large?)"
-                             % (bad[0], lp.name, lp.type, self.learning_rate()[0]))
+                    where = ("parameter %d of layer %r (%s), made so by the update (learning rate %g, momentum %g: "
+                             "too large?)" % (bad[0], lp.name, lp.type, self.learning_rate()[0], self.param.momentum))
                     break
         return ("training diverged at iteration %d: the loss is %.6g and the first non-finite value is in %s; "
                 "lower base_lr or clip_gradients, or pass --allow_nan (solver.allow_nan = True) to train on as "
@@ -478,7 +482,7 @@ class Solver:
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
         state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
-        if os.path.exists(model) and not self._params_finite():   # only reachable with allow_nan
+        if os.path.exists(model) and not self._finite("data"):   # only reachable with allow_nan
             log.warning("Not snapshotting: the weights are not finite and %s already exists", model)
             return state
         if hdf5:
