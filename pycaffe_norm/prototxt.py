@@ -1,6 +1,7 @@
 """Reading and writing Caffe's text and binary protobuf files, with errors that name file, line and field."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -11,6 +12,7 @@ from google.protobuf import text_format
 from .errors import PcnError, PrototxtError, did_you_mean
 
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+log = logging.getLogger("pycaffe_norm")
 
 
 _MESSAGE_TYPE = re.compile(r'Message type "([\w.]+)"')
@@ -45,22 +47,71 @@ def _read_bytes(path: str, what: str) -> bytes:
 
 
 def parse_text(text: str, msg, source: str = "<string>"):
-    """Parses prototxt ``text`` into ``msg``; a syntax error names source:line:column and the field."""
+    """Parses prototxt ``text`` into ``msg``; a syntax error names source:line:column and the field.
+
+    Protobuf's text format is tried first, so Caffe's files read exactly as Caffe reads them. Text it rejects is
+    read again as MyCaffe's dialect (pycaffe_norm.dialect); when that fails too, protobuf's error is reported.
+    """
     try:
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
-        line, col = e.GetLine(), e.GetColumn()
-        detail = str(e)
-        # protobuf prefixes the message with "line:col : "; keep only the explanation.
-        detail = re.sub(r"^\d+:\d+ : ", "", detail)
-        where = "%s:%s:%s" % (source, line, col) if line is not None else source
-        m = _UNKNOWN_FIELD.search(detail)
-        if m:
-            detail += _unknown_field_hint(detail, m.group(1))
-        elif _STRAY_BRACE.search(detail):
-            detail = "a '}' that closes no open block (a stray '}', or one too many)"
-        raise PrototxtError("%s: %s" % (where, detail)) from None
+        strict_error = _strict_error(e, source)
+    else:
+        if _BACKSLASH_STRING.search(text) and _is_mycaffe_message(msg):
+            # MyCaffe writes Windows paths in quotes without escaping the backslashes.
+            msg.Clear()
+            _read_dialect(text, msg, source, None)
+        return msg
+    msg.Clear()
+    _read_dialect(text, msg, source, strict_error)
     return msg
+
+
+_BACKSLASH_STRING = re.compile(r'"[^"\n]*\\[^"\n]*"')
+
+
+def _is_mycaffe_message(msg) -> bool:
+    from .upgrade import is_mycaffe
+
+    return msg.DESCRIPTOR.name == "NetParameter" and is_mycaffe(msg)
+
+
+def _read_dialect(text: str, msg, source: str, strict_error) -> None:
+    from . import dialect
+    from .upgrade import read_mycaffe_tree
+
+    try:
+        tree = dialect.parse_tree(text, source)
+    except PrototxtError:
+        if strict_error is None:
+            raise
+        raise strict_error from None
+    if msg.DESCRIPTOR.name in ("NetParameter", "SolverParameter"):
+        read_mycaffe_tree(tree, msg, source)
+    else:
+        problems = dialect.Problems(source)
+        dialect.fill_message(msg, tree, problems, _no_extra_fields)
+        problems.raise_if_any()
+    log.info("%s: read as MyCaffe's prototxt dialect (protobuf's text format rejects it)", source)
+
+
+def _no_extra_fields(msg, node, problems) -> None:
+    problems.add(node, "%s has no field %r" % (msg.DESCRIPTOR.name, node.name))
+
+
+def _strict_error(e, source: str) -> PrototxtError:
+    """protobuf's ParseError as pcn's one-line error (source:line:column: what)."""
+    line, col = e.GetLine(), e.GetColumn()
+    detail = str(e)
+    # protobuf prefixes the message with "line:col : "; keep only the explanation.
+    detail = re.sub(r"^\d+:\d+ : ", "", detail)
+    where = "%s:%s:%s" % (source, line, col) if line is not None else source
+    m = _UNKNOWN_FIELD.search(detail)
+    if m:
+        detail += _unknown_field_hint(detail, m.group(1))
+    elif _STRAY_BRACE.search(detail):
+        detail = "a '}' that closes no open block (a stray '}', or one too many)"
+    return PrototxtError("%s: %s" % (where, detail))
 
 
 def read_text(path: str, msg, what: str = "prototxt file"):

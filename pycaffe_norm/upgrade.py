@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import logging
+import re
+from typing import Optional
 
-from .errors import NetError
+from .errors import NetError, PrototxtError, did_you_mean
 from .proto import caffe_pb2
 
 log = logging.getLogger("pycaffe_norm")
@@ -133,9 +135,10 @@ def _upgrade_format(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
 # case-insensitively and with or without underscores, so other spellings are matched that way (see _pcn_type).
 MYCAFFE_TYPE_NAMES = {"EXP": "Exp", "BatchReIndex": "BatchReindex", "Im2Col": "Im2col",
                       "softmax_loss": "SoftmaxWithLoss"}
-# MyCaffe layers whose name matches a pcn layer but which compute something else. MyCaffe's Lstm and Rnn are pcn's
-# LSTM and RNN: the CAFFE engine is BVLC's, LSTM's CUDNN engine is layers/mycaffe_recurrent.py, RNN refuses CUDNN.
-_NOT_MYCAFFE_EQUIVALENT = {"LSTMUnit"}
+# MyCaffe layers whose name matches a pcn layer but which compute something else: none today. MyCaffe's Lstm and Rnn
+# are pcn's LSTM and RNN (the CAFFE engine is BVLC's, LSTM's CUDNN engine is layers/mycaffe_recurrent.py, RNN
+# refuses CUDNN), and the kernels of its Lstm_Unit are BVLC's LSTMUnit.
+_NOT_MYCAFFE_EQUIVALENT: frozenset = frozenset()
 _RULE_PHASES = (caffe_pb2.RUN, caffe_pb2.NONE)
 _NET_FIELDS = ("enable_memory_stats", "enable_lora", "enable_lora_only_load", "model_type")
 
@@ -200,12 +203,96 @@ def upgrade_mycaffe(param: caffe_pb2.NetParameter) -> None:
     if set_net:
         log.info("net %r: MyCaffe net settings %s accepted and ignored (they change no numbers)",
                  param.name, ", ".join(set_net))
-    ignored = []
+    ignored, refusals = [], []
     for lp in param.layer:
-        ignored.extend(_upgrade_mycaffe_layer(lp))
+        try:
+            ignored.extend(_upgrade_mycaffe_layer(lp))
+        except NetError as e:
+            refusals.append(str(e))
+    if refusals:
+        raise NetError("; ".join(refusals))
+    _append_min_top_axes(param)
     if ignored:
         log.info("net %r: MyCaffe engine and performance settings accepted and ignored (they change no numbers): %s",
                  param.name, ", ".join(ignored))
+
+
+def _append_min_top_axes(param: caffe_pb2.NetParameter) -> None:
+    """MyCaffe's InnerProduct ``min_top_axes``: size-1 axes appended to the top (so a Deconvolution can follow),
+    done by a Reshape layer after the InnerProduct."""
+    if not any(lp.inner_product_param.HasField("min_top_axes") for lp in param.layer):
+        return
+    blobs = {name for lp in param.layer for name in list(lp.top) + list(lp.bottom)}
+    layers = []
+    for lp in param.layer:
+        layers.append(lp)
+        ip = lp.inner_product_param
+        if not ip.HasField("min_top_axes"):
+            continue
+        extra = ip.min_top_axes - (ip.axis + 1)
+        ip.ClearField("min_top_axes")
+        if extra <= 0:
+            continue
+        if ip.axis < 0 or len(lp.top) != 1:
+            raise _refuse(lp, "inner_product_param.min_top_axes", "needs a non-negative axis and one top")
+        top = lp.top[0]
+        inner = top + "_before_min_top_axes"
+        while inner in blobs:
+            inner += "_"
+        blobs.add(inner)
+        lp.top[0] = inner
+        reshape = caffe_pb2.LayerParameter(name=lp.name + "_min_top_axes", type="Reshape", bottom=[inner], top=[top])
+        reshape.include.extend(lp.include)
+        reshape.exclude.extend(lp.exclude)
+        reshape.reshape_param.axis = -1
+        reshape.reshape_param.num_axes = 0
+        reshape.reshape_param.shape.dim.extend([1] * extra)
+        layers.append(reshape)
+        log.info("layer %r (InnerProduct): min_top_axes (MyCaffe) read as a Reshape layer %r appending %d size-1 "
+                 "axes", lp.name, reshape.name, extra)
+    del param.layer[:]
+    param.layer.extend(layers)
+
+
+# MyCaffe's default fillers (ConvolutionParameter.cs, InnerProductParameter.cs, ...), where BVLC's are constant 0.
+_MYCAFFE_FILLED = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
+                   "InnerProduct": "inner_product_param", "Embed": "embed_param", "LSTM": "recurrent_param",
+                   "RNN": "recurrent_param"}
+
+
+def _mycaffe_fillers(lp: caffe_pb2.LayerParameter) -> None:
+    """Writes MyCaffe's default fillers where a MyCaffe layer omits them: weights xavier, biases constant 0.1,
+    and a filler block without a type is gaussian (MyCaffe's FillerParameter default), not constant."""
+    block_name = _MYCAFFE_FILLED.get(lp.type)
+    if block_name is not None:
+        block = getattr(lp, block_name)
+        if not block.HasField("weight_filler"):
+            block.weight_filler.type = "xavier"
+            log.info("layer %r (%s): no weight_filler in a MyCaffe net: MyCaffe's default xavier", lp.name, lp.type)
+        has_bias = getattr(block, "bias_term", True)
+        if has_bias and not block.HasField("bias_filler"):
+            block.bias_filler.type = "constant"
+            block.bias_filler.value = 0.1
+            log.info("layer %r (%s): no bias_filler in a MyCaffe net: MyCaffe's default constant 0.1", lp.name,
+                     lp.type)
+    for filler in _fillers_in(lp):
+        if not filler.HasField("type"):
+            filler.type = "gaussian"
+            log.info("layer %r (%s): a filler without a type in a MyCaffe net is gaussian (MyCaffe's default)",
+                     lp.name, lp.type)
+
+
+def _fillers_in(msg) -> list:
+    found = []
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        for item in (value if _is_repeated(field) else [value]):
+            if field.message_type.name == "FillerParameter":
+                found.append(item)
+            else:
+                found.extend(_fillers_in(item))
+    return found
 
 
 def _refuse(lp, field: str, why: str) -> NetError:
@@ -216,9 +303,10 @@ def _upgrade_mycaffe_layer(lp: caffe_pb2.LayerParameter) -> list:
     """Upgrades one layer in place; returns the "layer.field" names of the settings it ignored."""
     ignored = []
     where = lp.name + "."
+    _mycaffe_fillers(lp)
     if lp.freeze_learning:
-        raise _refuse(lp, "freeze_learning: true", "is not supported; give each parameter blob "
-                      "param { lr_mult: 0 } instead")
+        log.info("layer %r (%s): freeze_learning (MyCaffe): its parameters are not updated (lr_mult 0)", lp.name,
+                 lp.type)
     if lp.use_halfsize:
         raise _refuse(lp, "use_halfsize: true", "stores blobs in half precision, which pcn does not; remove it "
                       "(pcn computes in float32 or float64)")
@@ -274,8 +362,9 @@ def _upgrade_mycaffe_layer(lp: caffe_pb2.LayerParameter) -> list:
         data = lp.data_param
         if data.backend == caffe_pb2.DataParameter.IMAGEDB:
             raise _refuse(lp, "data_param.backend IMAGEDB",
-                          "is MyCaffe's image database (source %r), which pcn cannot read; replace the layer by an "
-                          "Input, HDF5Data or LMDB Data layer" % data.source)
+                          "is MyCaffe's image database (source %r), which pcn cannot read; port the file with "
+                          "`pcn port IN -o OUT --data %s=PATH` (an LMDB Data layer), or replace the layer by an "
+                          "Input, HDF5Data or LMDB Data layer" % (data.source, dataset_name(data.source)))
         if data.HasField("enable_random_selection"):
             ignored.append(where + "data_param.enable_random_selection")
             data.ClearField("enable_random_selection")
@@ -283,13 +372,269 @@ def _upgrade_mycaffe_layer(lp: caffe_pb2.LayerParameter) -> list:
         tp = lp.transform_param
         if tp.use_imagedb_mean:
             raise _refuse(lp, "transform_param.use_imagedb_mean: true", "subtracts MyCaffe's image-database mean, "
-                          "which pcn cannot read; give mean_file or mean_value instead")
-        if tp.HasField("color_order") and tp.color_order != caffe_pb2.TransformationParameter.BGR:
-            raise _refuse(lp, "transform_param.color_order: RGB", "is not supported; pcn's data layers give "
-                          "Caffe's BGR order")
+                          "which pcn cannot read; port the file with `pcn port ... --data NAME.mean=MEAN` or give "
+                          "mean_file or mean_value instead")
         tp.ClearField("use_imagedb_mean")
-        tp.ClearField("color_order")
     return ignored
 
 
 _PP = caffe_pb2.PoolingParameter
+
+
+# ----------------------------------------------------------------------------------------------------
+# MyCaffe fields that pcn's schema does not hold (read by the dialect reader, pycaffe_norm.dialect)
+# ----------------------------------------------------------------------------------------------------
+
+def _node_flag(node, name: str, default: bool) -> bool:
+    """The boolean ``name`` in ``node``'s block (or in its ``option`` block), as MyCaffe reads it."""
+    found = node.find(name)
+    if found is None and node.find("option") is not None:
+        found = node.find("option").find(name)
+    if found is None or found.value is None:
+        return default
+    return found.value.strip().lower() in ("true", "1", "t")
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
+
+
+def _node_text(node) -> str:
+    return (node.value or "").strip()
+
+
+def _ignore(why: str):
+    def handle(msg, node):
+        log.info("%s.%s (MyCaffe) accepted and ignored: %s", msg.DESCRIPTOR.name, node.name, why)
+    return handle
+
+
+def _inactive_block(what: str):
+    """MyCaffe's optional transform blocks: ignored while ``active`` is false, refused when they act."""
+    def handle(msg, node):
+        if node.children is None:
+            return "%s.%s must be a block" % (msg.DESCRIPTOR.name, node.name)
+        probabilities = [c for c in node.children if c.name.endswith("_prob") and c.value is not None]
+        never = bool(probabilities) and all(_is_zero(c.value) for c in probabilities)
+        if _node_flag(node, "active", False) and not never:
+            return "%s.%s is active: MyCaffe's %s, which pcn does not implement" % (msg.DESCRIPTOR.name, node.name,
+                                                                                  what)
+        log.info("%s.%s (MyCaffe) is inactive or has every probability 0; accepted and ignored",
+                 msg.DESCRIPTOR.name, node.name)
+        return None
+    return handle
+
+
+def _only_value(no_op: str, why: str, refusal: str):
+    """A MyCaffe field accepted when it holds its no-op value (case-insensitive), refused otherwise."""
+    def handle(msg, node):
+        if _node_text(node).lower() == no_op.lower():
+            log.info("%s.%s: %s (MyCaffe) accepted and ignored: %s", msg.DESCRIPTOR.name, node.name,
+                     _node_text(node), why)
+            return None
+        return "%s.%s: %s (MyCaffe) %s" % (msg.DESCRIPTOR.name, node.name, _node_text(node), refusal)
+    return handle
+
+
+def _use_image_mean(msg, node):
+    # MyCaffe's older name of use_imagedb_mean (TransformationParameter.cs reads both).
+    if _node_text(node).lower() in ("true", "1", "t"):
+        msg.use_imagedb_mean = True
+    log.info("TransformationParameter.use_image_mean (MyCaffe) read as use_imagedb_mean")
+
+
+def _images_per_blob(msg, node):
+    text = _node_text(node)
+    if text == "1":
+        return None
+    if text == "2":
+        log.warning("DataParameter.images_per_blob: 2 (MyCaffe's image pairs): the source must hold both images "
+                    "of a pair stacked on the channels and the label 1 for a match, 0 otherwise (the database "
+                    "Caffe's examples/siamese converter writes)")
+        return None
+    return "DataParameter.images_per_blob: %s (MyCaffe) is not supported (MyCaffe itself accepts only 1 or 2)" % text
+
+
+# (message name, field name) -> handler(msg, node) returning None (mapped or ignored, with a log line) or the
+# reason the field is refused. Every MyCaffe-only field seen in MyCaffe's model files that pcn's schema lacks.
+MYCAFFE_EXTRA_FIELDS = {
+    ("SolverParameter", "snapshot_include_weights"): _ignore("what a MyCaffe snapshot file holds; pcn's snapshots "
+                                                             "always hold the weights"),
+    ("SolverParameter", "snapshot_include_state"): _ignore("what a MyCaffe snapshot file holds; pcn always writes "
+                                                           "the .solverstate"),
+    ("SolverParameter", "accuracy_average_window"): _ignore("MyCaffe's display of a running accuracy"),
+    ("SolverParameter", "output_average_results"): _ignore("MyCaffe's display of averaged test results"),
+    ("SolverParameter", "enable_clip_gradient_status"): _ignore("MyCaffe's log line about gradient clipping"),
+    ("SolverParameter", "adamw_decay"): _ignore("used only by MyCaffe's ADAMW solver type, which pcn refuses by "
+                                                "name"),
+    ("SolverParameter", "custom_trainer"): lambda msg, node: (
+        "SolverParameter.custom_trainer: %s (MyCaffe) selects MyCaffe's reinforcement-learning trainer, which pcn "
+        "does not have" % _node_text(node)),
+    ("SolverParameter", "custom_trainer_properties"): _ignore("settings of custom_trainer (refused by name)"),
+    ("DataParameter", "balance_matches"): _ignore("the order in which MyCaffe's image database serves pairs"),
+    ("DataParameter", "images_per_blob"): _images_per_blob,
+    ("DataParameter", "output_all_labels"): _only_value(
+        "False", "with one label per item",
+        "gives both class labels of an image pair, which a Caffe Data layer cannot; write a pair database whose "
+        "label is the match (0 or 1) and set it False"),
+    ("DataParameter", "label_type"): _only_value(
+        "SINGLE", "one label per image, as Caffe's Data layer gives",
+        "reads per-item label data from MyCaffe's image database, which a Caffe Data layer cannot; use a second "
+        "Data layer over a label database"),
+    ("ContrastiveLossParameter", "output_matches"): _only_value(
+        "False", "no match output",
+        "adds MyCaffe's match output top, which pcn's ContrastiveLoss does not have"),
+    ("EltwiseParameter", "allow_single_batch_input"): _only_value(
+        "False", "MyCaffe's default", "broadcasts a batch of one, which pcn's Eltwise does not"),
+    ("InnerProductParameter", "enable_noise"): _only_value(
+        "False", "no weight noise", "adds MyCaffe's NoisyNet weight noise, which pcn does not implement"),
+    ("InnerProductParameter", "sigma_init"): _ignore("used only with enable_noise: True"),
+    ("InnerProductParameter", "output_contains_predictions"): _only_value(
+        "False", "MyCaffe's default", "is a Temporal Fusion Transformer setting, which pcn does not implement"),
+    ("MemoryDataParameter", "label_type"): lambda msg, node: _memory_label_type(msg, node),
+    ("MemoryDataParameter", "label_channels"): _only_value("1", "one label per item", "is not supported"),
+    ("MemoryDataParameter", "label_height"): _only_value("1", "one label per item", "is not supported"),
+    ("MemoryDataParameter", "label_width"): _only_value("1", "one label per item", "is not supported"),
+    ("TransformationParameter", "use_image_mean"): _use_image_mean,
+    ("TransformationParameter", "distortion_param"): _inactive_block("image distortion (brightness, contrast, "
+                                                                     "saturation)"),
+    ("TransformationParameter", "mask_param"): _inactive_block("image masking"),
+    ("TransformationParameter", "label_mapping"): _inactive_block("label mapping"),
+    ("TransformationParameter", "expansion_param"): _inactive_block("image expansion (SSD)"),
+}
+# Blocks of SSD-Caffe messages into which MyCaffe adds an on/off switch.
+for _name in ("ResizeParameter", "NoiseParameter", "SaltPepperParameter", "EmitConstraint", "DistortionParameter",
+              "ExpansionParameter", "NonMaximumSuppressionParameter", "SaveOutputParameter"):
+    MYCAFFE_EXTRA_FIELDS[(_name, "active")] = _ignore("MyCaffe's on/off switch of this block")
+    MYCAFFE_EXTRA_FIELDS[(_name, "option")] = _ignore("MyCaffe's on/off switch of this block")
+
+
+def _memory_label_type(msg, node):
+    value = _node_text(node).upper()
+    if value == "SINGLE":
+        return None
+    if value == "NONE":
+        # MyCaffe's MemoryData then has the data top only; pcn's MemoryData accepts one top the same way.
+        log.info("MemoryDataParameter.label_type: NONE (MyCaffe): the layer gives no label top")
+        return None
+    return "MemoryDataParameter.label_type: %s (MyCaffe) is not supported (pcn's MemoryData gives one label per " \
+           "item)" % _node_text(node)
+
+
+def mycaffe_extra_field(msg, node, problems) -> None:
+    """The dialect reader's handler for a field pcn's schema lacks: MyCaffe's meaning, a log line, or a problem."""
+    handler = MYCAFFE_EXTRA_FIELDS.get((msg.DESCRIPTOR.name, node.name))
+    if handler is None:
+        suggestion = did_you_mean(node.name, [f.name for f in msg.DESCRIPTOR.fields])
+        problems.add(node, "%s has no field %r%s" % (msg.DESCRIPTOR.name, node.name, suggestion or (
+            " (not in pcn's Caffe schema nor a MyCaffe field pcn knows; it may come from a Caffe fork that pcn does "
+            "not know)")))
+        return
+    refusal = handler(msg, node)
+    if refusal:
+        problems.add(node, refusal)
+
+
+def dataset_name(source: str) -> str:
+    """MyCaffe's dataset of an image-database source: "CIFAR-10.training" -> "CIFAR-10"."""
+    for suffix in (".training", ".testing"):
+        if source.endswith(suffix):
+            return source[:-len(suffix)]
+    return source
+
+
+# MyCaffe's layer families that pcn does not have yet; port names the family when it refuses one of their types.
+MYCAFFE_FAMILIES = {
+    "SSD detection": ("AnnotatedData", "MultiBoxLoss", "DetectionOutput", "DetectionEvaluate", "PriorBox",
+                      "Permute", "VideoData"),
+    "GPT": ("TokenizedData", "TokenizedDataPairs", "TokenizedDataPairsPy", "PreTokenizedData", "TransformerBlock",
+            "CausalSelfAttention", "MultiheadAttention", "PositionalEncoder", "SoftmaxCrossEntropy2Loss", "LayerNorm",
+            "RMSNorm", "NLLLoss"),
+    "Temporal Fusion Transformer": ("DataTemporal", "ChannelEmbedding", "GateAddNorm", "GLU", "VarSelNet",
+                                    "ReshapeTemporal", "MultiheadAttentionInterp", "QuantileLoss",
+                                    "QuantileAccuracy", "NumericTrans", "CategoricalTrans"),
+}
+
+
+def type_problem(lp: caffe_pb2.LayerParameter) -> Optional[str]:
+    """Why pcn cannot build layer ``lp``'s type (None when the live registry has it, under any MyCaffe
+    spelling)."""
+    from .layers import layer_type_list
+
+    name = _pcn_type(lp.type)
+    if lp.type == "GRN" and lp.HasField("grn_param"):
+        return "GRN with grn_param (MyCaffe's Temporal Fusion Transformer family, not in pcn yet)"
+    if name in layer_type_list():
+        return None
+    key = lp.type.lower().replace("_", "")
+    for family, names in MYCAFFE_FAMILIES.items():
+        if key in {n.lower() for n in names}:
+            return "%s (MyCaffe's %s family, not in pcn yet)" % (lp.type, family)
+    return "%s (not a layer type pcn knows)" % (lp.type or "<no type>")
+
+
+def read_mycaffe_tree(nodes, msg, source: str):
+    """Fills ``msg`` (a NetParameter or SolverParameter) from a dialect tree with MyCaffe's field rules; raises
+    one PrototxtError naming every unsupported layer type and field."""
+    bad_types, field_problems = collect_mycaffe_tree(nodes, msg, source)
+    raise_problems(source, bad_types, field_problems)
+    return msg
+
+
+def collect_mycaffe_tree(nodes, msg, source: str):
+    """:func:`read_mycaffe_tree` without raising: returns ({reason: [layer names]}, [field problems])."""
+    from .dialect import Problems, fill_message
+
+    problems = Problems(source)
+    bad_types: dict = {}
+    if msg.DESCRIPTOR.name != "NetParameter":
+        fill_message(msg, nodes, problems, mycaffe_extra_field)
+        return bad_types, problems.items
+    layer_nodes = [n for n in nodes if n.name == "layer" and n.children is not None]
+    fill_message(msg, [n for n in nodes if n not in layer_nodes], problems, mycaffe_extra_field)
+    for node in layer_nodes:
+        lp = msg.layer.add()
+        mine = Problems(source)
+        fill_message(lp, node.children, mine, mycaffe_extra_field)
+        if lp.HasField("type"):
+            reason = type_problem(lp)
+            if reason is not None:
+                bad_types.setdefault(reason, []).append(lp.name)
+                continue   # the fields of a layer pcn cannot build are not listed one by one
+        problems.items.extend(mine.items)
+    return bad_types, problems.items
+
+
+def raise_problems(source: str, bad_types: dict, field_problems: list) -> None:
+    """One PrototxtError line naming every unsupported layer type (with its layers) and every field problem."""
+    parts = []
+    if bad_types:
+        parts.append(source + ": unsupported layer types: " + ", ".join(
+            "%s in %s" % (reason, ", ".join(repr(n) for n in names[:3]) + (" and %d more" % (len(names) - 3)
+                                                                             if len(names) > 3 else ""))
+            for reason, names in bad_types.items()))
+    if field_problems:
+        parts.append("; ".join(_merge_places(field_problems)))
+    if parts:
+        raise PrototxtError("; ".join(parts))
+
+
+def _merge_places(problems: list) -> list:
+    """"f:3:5: X" and "f:9:5: X" -> "f:3:5, 9:5: X": one entry per distinct problem, in the order first seen."""
+    order, places = [], {}
+    for text in problems:
+        m = _PLACE.match(text)
+        key = m.group(4) if m else text
+        if key not in places:
+            order.append(key)
+            places[key] = []
+        if m:
+            where = "%s:%s" % m.group(2, 3)
+            places[key].append(("%s:%s" % (m.group(1), where)) if not places[key] else where)
+    return ["%s: %s" % (", ".join(places[k]), k) if places[k] else k for k in order]
+
+
+_PLACE = re.compile(r"^(.*?):(\d+):(\d+): (.*)$")

@@ -134,14 +134,10 @@ def test_tour_fields(tmp_path, caplog):
 @pytest.mark.parametrize("layer, field", [
     ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 '
      'tranpose: True } }', "tranpose"),
-    ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" freeze_learning: True '
-     'inner_product_param { num_output: 2 } }', "freeze_learning"),
     ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" use_halfsize: True '
      'inner_product_param { num_output: 2 } }', "use_halfsize"),
     ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 round_mode: CEIL '
      'reshape_algorithm: ONNX } }', "reshape_algorithm"),
-    ('layer { name: "d" type: "ImageData" top: "d" top: "l" transform_param { color_order: RGB } '
-     'image_data_param { source: "x" } }', "color_order"),
     ('layer { name: "d" type: "ImageData" top: "d" top: "l" transform_param { use_imagedb_mean: True } '
      'image_data_param { source: "x" } }', "use_imagedb_mean"),
 ])
@@ -163,5 +159,6 @@ def test_mycaffe_type_spellings():
                                   'layer { name: "r" type: "relu" bottom: "e" top: "r" } '
                                   'layer { name: "s" type: "Softmax_Loss" bottom: "r" bottom: "data" top: "s" }'))
     assert [lp.type for lp in param.layer[1:]] == ["Exp", "ReLU", "SoftmaxWithLoss"]
-    with pytest.raises(NetError, match="unknown layer type 'Lstm_Unit'"):
-        caffe.Net(_net_text('layer { name: "l" type: "Lstm_Unit" bottom: "data" top: "l" }'), caffe.TRAIN)
+    unit = upgrade_net(_net_text('layer { name: "u" type: "Lstm_Unit" bottom: "data" bottom: "data" bottom: "data" '
+                                 'top: "c" top: "h" }'))
+    assert unit.layer[1].type == "LSTMUnit"  # MyCaffe's LSTMUnit kernels are BVLC's
