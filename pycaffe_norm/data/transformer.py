@@ -47,6 +47,9 @@ class DataTransformer:
         if param.HasField("mean_file"):
             self.mean_file = self._load_mean(param.mean_file)
         self.mean_values = np.array(param.mean_value, dtype=np.float32) if len(param.mean_value) else None
+        # MyCaffe's color_order RGB: the net wants RGB while Caffe's databases and mean files hold BGR, so the
+        # channels of a 3-channel result are reversed last (after the mean, which is in the data's order).
+        self.to_rgb = param.color_order == caffe_pb2.TransformationParameter.RGB
         # Caffe's InitRand: a generator only when some draw is needed, seeded from the global RNG.
         self.needs_rand = self.mirror or (phase == TRAIN and self.crop_size > 0)
         self._seed = int(rng().randint(0, 2**31 - 1)) if self.needs_rand else 0
@@ -134,6 +137,8 @@ class DataTransformer:
         elif self.mean_values is not None:
             out -= np.broadcast_to(self.mean_values, (c,)).reshape(1, c, 1, 1)
         out *= self.scale
+        if self.to_rgb and c == 3:
+            out = np.ascontiguousarray(out[:, ::-1])
         return out
 
 
