@@ -29,7 +29,7 @@ _EP = caffe_pb2.EltwiseParameter
 
 
 class _Refused(Exception):
-    """A supported layer type whose parameters ONNX cannot express; the message says which."""
+    """A translated layer type with parameters the export does not handle; the message says which."""
 
 
 def _onnx():
@@ -450,19 +450,25 @@ def _bias(g, layer, xs, bottoms, tops, outs):
 
 @_converts("BatchNorm")
 def _batch_norm(g, layer, xs, bottoms, tops, outs):
-    if not layer.use_global_stats:
-        raise _Refused("normalises with batch statistics (use_global_stats: false)")
-    # pcn's arithmetic in float32: mean = blob0 / S, var = blob1 / S, y = (x - mean) * 1 / sqrt(var + eps)
-    s = float(_data(layer.blobs[2]).reshape(-1)[0])
-    factor = np.float32(0 if s == 0 else 1 / s)
-    mean = _data(layer.blobs[0]) * factor
-    var = _data(layer.blobs[1]) * factor
-    inv_std = (1 / np.sqrt(var + np.float32(layer.eps))).astype(np.float32)
     ndim = bottoms[0].num_axes
-    y = g.op("Sub", [xs[0], g.const("mean", _channel_shaped(mean, ndim))])
+    if layer.use_global_stats:
+        # pcn's arithmetic in float32: mean = blob0 / S, var = blob1 / S, y = (x - mean) * 1 / sqrt(var + eps)
+        s = float(_data(layer.blobs[2]).reshape(-1)[0])
+        factor = np.float32(0 if s == 0 else 1 / s)
+        mean = _data(layer.blobs[0]) * factor
+        var = _data(layer.blobs[1]) * factor
+        inv_std = g.const("inv_std", _channel_shaped((1 / np.sqrt(var + np.float32(layer.eps))).astype(np.float32),
+                                                     ndim))
+        y = g.op("Sub", [xs[0], g.const("mean", _channel_shaped(mean, ndim))])
+    else:
+        # use_global_stats: false at TEST: the batch's own statistics over N and the spatial axes (biased variance)
+        axes = [0] + list(range(2, ndim))
+        y = g.op("Sub", [xs[0], g.reduce("ReduceMean", xs[0], axes)])
+        var = g.reduce("ReduceMean", g.op("Mul", [y, y]), axes)
+        inv_std = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.const("eps", layer.eps)])])])
     if not layer.scale_bias:
-        return [g.op("Mul", [y, g.const("inv_std", _channel_shaped(inv_std, ndim))], outs[0])]
-    y = g.op("Mul", [y, g.const("inv_std", _channel_shaped(inv_std, ndim))])
+        return [g.op("Mul", [y, inv_std], outs[0])]
+    y = g.op("Mul", [y, inv_std])
     y = g.op("Mul", [y, g.const("scale", _channel_shaped(_data(layer.blobs[3]), ndim))])
     return [g.op("Add", [y, g.const("bias", _channel_shaped(_data(layer.blobs[4]), ndim))], outs[0])]
 
