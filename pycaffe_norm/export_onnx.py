@@ -404,6 +404,26 @@ def _reduction(g, layer, xs, bottoms, tops, outs):
     return [g.reshape(y, tops[0].shape, outs[0])]
 
 
+@_converts("ArgMax")
+def _argmax(g, layer, xs, bottoms, tops, outs):
+    # pcn's method: the top_k of the reversed axis (TopK puts the lower index first among equal values), so
+    # that ties go to the larger index as in Caffe; the index is (dim - 1) - the reversed one.
+    outer, dim, inner = layer.dims
+    x3 = g.reshape(xs[0], (outer, dim, inner))
+    reverse = g.op("Slice", [x3, g.ints("starts", [-1]), g.ints("ends", [-(2**62)]), g.ints("axes", [1]),
+                             g.ints("steps", [-1])])
+    values, order = g.fresh(g.layer + "/values"), g.fresh(g.layer + "/order")
+    g.nodes.append(g.helper.make_node("TopK", [reverse, g.ints("k", [layer.top_k])], [values, order],
+                                      name=g.fresh(g.layer + ":node"), axis=1, largest=1, sorted=1))
+    index = g.op("Cast", [g.op("Sub", [g.ints("last", [dim - 1]), order])], to=_onnx().TensorProto.FLOAT)
+    if layer.has_axis:
+        return [g.reshape(values if layer.out_max_val else index, tops[0].shape, outs[0])]
+    if layer.out_max_val:      # (N, 2, top_k): indices, then values
+        rows = [g.reshape(v, (outer, 1, layer.top_k)) for v in (index, values)]
+        return [g.reshape(g.op("Concat", rows, axis=1), tops[0].shape, outs[0])]
+    return [g.reshape(index, tops[0].shape, outs[0])]
+
+
 @_converts("Flatten", "Reshape")
 def _reshape(g, layer, xs, bottoms, tops, outs):
     return [g.reshape(xs[0], tops[0].shape, outs[0])]

@@ -316,6 +316,15 @@ def test_log(layer):
     assert_matches(net, inputs={"data": x})
 
 
+@pytest.mark.parametrize("param", ["", "top_k: 3", "out_max_val: true top_k: 2", "axis: 1", "axis: 2 top_k: 2",
+                                   "axis: -1 out_max_val: true top_k: 3"])
+def test_argmax_breaks_ties_towards_the_larger_index(param):
+    net = net_from(one_layer('type: "ArgMax" argmax_param { %s }' % param, shape=(2, 3, 4, 5)))
+    x = np.random.RandomState(4).randint(0, 3, size=(2, 3, 4, 5)).astype(np.float32)    # many ties
+    for ref, got in run_both(net, inputs={"data": x}).values():
+        np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("param", ["axis: 2 offset: 1", "axis: 1 offset: 0 offset: 2 offset: 1", "axis: 3"])
 def test_crop(param):
     net = net_from(one_layer('type: "Crop" crop_param { %s }' % param, bottoms=("a", "b"),
@@ -418,7 +427,7 @@ def test_normalization_of_zeros_is_zero(layer):
 
 def test_refuses_every_layer_it_cannot_express_in_one_line():
     text = one_layer('type: "Convolution" convolution_param { num_output: 3 kernel_size: 1 }') + (
-        'layer { name: "amax" type: "ArgMax" bottom: "out" top: "amax" }\n'
+        'layer { name: "cols" type: "Im2col" bottom: "out" top: "cols" convolution_param { kernel_size: 2 } }\n'
         'layer { name: "pool" type: "Pooling" bottom: "out" top: "pool" top: "mask" '
         'pooling_param { pool: MAX kernel_size: 2 } }\n'
         'layer { name: "embed" type: "Embed" bottom: "pool" top: "embed" '
@@ -428,7 +437,7 @@ def test_refuses_every_layer_it_cannot_express_in_one_line():
         export_net(net)
     message = str(e.value)
     assert "\n" not in message
-    for name in ("'amax' (ArgMax)", "'pool' (Pooling: a second top", "'embed' (Embed)"):
+    for name in ("'cols' (Im2col)", "'pool' (Pooling: a second top", "'embed' (Embed)"):
         assert name in message
     assert "these 3 layers" in message and "'layer'" not in message and "deploy net" not in message
 
