@@ -27,7 +27,8 @@ from .recurrent import _sigmoid
 CAFFE_GATES = (0, 1, 2, 3)   # Caffe and MyCaffe's own kernels: i, f, o, g
 CUDNN_GATES = (0, 1, 3, 2)   # cuDNN: i, f, g, o
 
-def lstm_steps_forward(xp, proj, w_hh, cont, h0, c0, gates=CAFFE_GATES):
+
+def lstm_steps_forward(xp, proj, w_hh, cont, h0, c0, gates: tuple = CAFFE_GATES) -> tuple:
     """Runs the LSTM recurrence over T steps.
 
     proj (T, N, 4H): the input part of the gate inputs (W_ih x_t + biases); w_hh (4H, H); cont (T, N, 1)
@@ -55,7 +56,7 @@ def lstm_steps_forward(xp, proj, w_hh, cont, h0, c0, gates=CAFFE_GATES):
     return h_all, (acts, c_all, h_conted, tanh_c, cont, gates)
 
 
-def lstm_steps_backward(xp, cache, w_hh, dh_top, dh_last, dc_last, clip_threshold: float = 0.0):
+def lstm_steps_backward(xp, cache: tuple, w_hh, dh_top, dh_last, dc_last, clip_threshold: float = 0.0) -> tuple:
     """Gradients of ``lstm_steps_forward``: returns (d_gates (T, N, 4H) w.r.t. the gate inputs, dh0, dc0).
 
     dh_top (T, N, H) reaches every output, dh_last/dc_last the final states. With ``clip_threshold`` > 0 each
@@ -83,7 +84,7 @@ def lstm_steps_backward(xp, cache, w_hh, dh_top, dh_last, dc_last, clip_threshol
     return d_gates, dh_next, dc_next
 
 
-def recurrent_weight_grad(cache, d_gates):
+def recurrent_weight_grad(cache: tuple, d_gates):
     """dL/dW_hh of one ``lstm_steps_forward`` call."""
     h_conted = cache[2]
     return d_gates.reshape(-1, d_gates.shape[-1]).T @ h_conted.reshape(-1, h_conted.shape[-1])
