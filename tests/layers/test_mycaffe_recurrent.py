@@ -531,3 +531,19 @@ def test_mycaffe_type_strings_read_as_pcn_types():
                       'layer { name: "b" type: "Rnn" recurrent_param { num_output: 2 } } '
                       'layer { name: "c" type: "lstm_simple" } layer { name: "d" type: "LSTM_ATTENTION" }', net_param)
     assert [lp.type for lp in upgrade_net(net_param).layer] == ["LSTM", "RNN", "LstmSimple", "LstmAttention"]
+
+
+def test_cudnn_weights_round_trip_through_a_caffemodel(tmp_path):
+    net_param = caffe_pb2.NetParameter()
+    text_format.Parse(RECURRENT_NET % ("dim: 6 dim: 2", "dim: 6 dim: 2", "Lstm", NET_LAYERS[0][1]), net_param)
+    net = caffe.Net(upgrade_net(net_param), caffe.TEST)
+    net.blobs["data"].data[...] = rand(net.blobs["data"].shape, 20)
+    net.blobs["clip"].data[...] = first_zero(6, 2)
+    before = net.forward()["loss"].copy()
+    net.save(str(tmp_path / "w.caffemodel"))
+    again = caffe.Net(upgrade_net(net_param), caffe.TEST)
+    again.copy_from(str(tmp_path / "w.caffemodel"))
+    again.blobs["data"].data[...] = net.blobs["data"].data
+    again.blobs["clip"].data[...] = net.blobs["clip"].data
+    np.testing.assert_array_equal(again.params["lstm1"][0].data, net.params["lstm1"][0].data)
+    np.testing.assert_array_equal(again.forward()["loss"], before)
