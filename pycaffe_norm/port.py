@@ -62,7 +62,7 @@ def _read(path: str, msg) -> Tuple[object, bool, dict, list]:
         raise PrototxtError("%s: not a text prototxt (is it a binary file?)" % path) from None
     try:
         text_format.Parse(text, msg)
-        if not (prototxt._BACKSLASH_STRING.search(text) and prototxt._is_mycaffe_message(msg)):
+        if not prototxt._needs_dialect(text, msg):
             return msg, False, {}, []
     except text_format.ParseError as e:
         strict_error = prototxt._strict_error(e, path)
@@ -162,32 +162,12 @@ def _imagedb_to_lmdb(param: caffe_pb2.NetParameter, data: Dict[str, str]) -> Non
         log.info("layer %r: MyCaffe image database %r -> LMDB %r", lp.name, source, dp.source)
 
 
-def _param_blob_count(lp: caffe_pb2.LayerParameter) -> Optional[int]:
-    """How many parameter blobs a BVLC layer type creates, or None when pcn cannot tell without building it."""
-    t = lp.type
-    if t in ("Convolution", "Deconvolution"):
-        return 1 + lp.convolution_param.bias_term
-    if t == "InnerProduct":
-        return 1 + lp.inner_product_param.bias_term
-    if t == "Embed":
-        return 1 + lp.embed_param.bias_term
-    if t == "Scale":
-        return (len(lp.bottom) < 2) + lp.scale_param.bias_term
-    if t == "Bias":
-        return int(len(lp.bottom) < 2)
-    if t in ("PReLU", "Parameter", "Normalize", "Normalization2"):
-        return 1
-    if t == "BatchNorm":
-        return 3 + 2 * lp.batch_norm_param.scale_bias
-    return None
-
-
 def _freeze(lp: caffe_pb2.LayerParameter) -> None:
     """MyCaffe's freeze_learning as BVLC writes it: lr_mult 0 and decay_mult 0 on every parameter blob."""
     if not lp.freeze_learning:
         lp.ClearField("freeze_learning")
         return
-    n = _param_blob_count(lp)
+    n = upgrade.param_blob_count(lp)
     if n is None:
         log.warning("layer %r (%s): freeze_learning kept as written (pcn reads it; BVLC Caffe does not)", lp.name,
                     lp.type)

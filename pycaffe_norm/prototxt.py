@@ -57,8 +57,7 @@ def parse_text(text: str, msg, source: str = "<string>"):
     except text_format.ParseError as e:
         strict_error = _strict_error(e, source)
     else:
-        if _BACKSLASH_STRING.search(text) and _is_mycaffe_message(msg):
-            # MyCaffe writes Windows paths in quotes without escaping the backslashes.
+        if _needs_dialect(text, msg):
             msg.Clear()
             _read_dialect(text, msg, source, None)
         return msg
@@ -68,6 +67,17 @@ def parse_text(text: str, msg, source: str = "<string>"):
 
 
 _BACKSLASH_STRING = re.compile(r'"[^"\n]*\\[^"\n]*"')
+
+
+def _needs_dialect(text: str, msg) -> bool:
+    """Whether text that protobuf read must be read again as MyCaffe's: a MyCaffe net with a quoted Windows path
+    (MyCaffe does not escape backslashes), or a net mixing V1 'layers' with 'layer' entries (whose order only the
+    dialect reader keeps)."""
+    if msg.DESCRIPTOR.name != "NetParameter":
+        return False
+    if len(msg.layers) and len(msg.layer):
+        return True
+    return bool(_BACKSLASH_STRING.search(text)) and _is_mycaffe_message(msg)
 
 
 def _is_mycaffe_message(msg) -> bool:

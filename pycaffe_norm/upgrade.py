@@ -211,10 +211,42 @@ def upgrade_mycaffe(param: caffe_pb2.NetParameter) -> None:
             refusals.append(str(e))
     if refusals:
         raise NetError("; ".join(refusals))
+    for lp in param.layer:
+        _trim_param_specs(lp)
     _append_min_top_axes(param)
     if ignored:
         log.info("net %r: MyCaffe engine and performance settings accepted and ignored (they change no numbers): %s",
                  param.name, ", ".join(ignored))
+
+
+def param_blob_count(lp: caffe_pb2.LayerParameter) -> Optional[int]:
+    """How many parameter blobs a BVLC layer type creates, or None when pcn cannot tell without building it."""
+    t = lp.type
+    if t in ("Convolution", "Deconvolution"):
+        return 1 + lp.convolution_param.bias_term
+    if t == "InnerProduct":
+        return 1 + lp.inner_product_param.bias_term
+    if t == "Embed":
+        return 1 + lp.embed_param.bias_term
+    if t == "Scale":
+        return (len(lp.bottom) < 2) + lp.scale_param.bias_term
+    if t == "Bias":
+        return int(len(lp.bottom) < 2)
+    if t in ("PReLU", "Parameter", "Normalize", "Normalization2"):
+        return 1
+    if t == "BatchNorm":
+        return 3 + 2 * lp.batch_norm_param.scale_bias
+    return None
+
+
+def _trim_param_specs(lp: caffe_pb2.LayerParameter) -> None:
+    """MyCaffe ignores param specs beyond a layer's parameter blobs (e.g. a bias spec with bias_term False);
+    BVLC Caffe refuses them, so they are dropped with a log line."""
+    n = param_blob_count(lp)
+    if n is not None and len(lp.param) > n:
+        log.info("layer %r (%s): %d param specs for %d parameter blobs; the extra ones are dropped (MyCaffe "
+                 "ignores them)", lp.name, lp.type, len(lp.param), n)
+        del lp.param[n:]
 
 
 def _append_min_top_axes(param: caffe_pb2.NetParameter) -> None:
@@ -593,12 +625,26 @@ def collect_mycaffe_tree(nodes, msg, source: str):
     if msg.DESCRIPTOR.name != "NetParameter":
         fill_message(msg, nodes, problems, mycaffe_extra_field)
         return bad_types, problems.items
-    layer_nodes = [n for n in nodes if n.name == "layer" and n.children is not None]
+    layer_nodes = [n for n in nodes if n.name in ("layer", "layers") and n.children is not None]
     fill_message(msg, [n for n in nodes if n not in layer_nodes], problems, mycaffe_extra_field)
+    if any(n.name == "layers" for n in layer_nodes) and any(n.name == "layer" for n in layer_nodes):
+        log.warning("%s mixes V1 'layers' and current 'layer' entries, which BVLC Caffe refuses; read in file order "
+                    "as MyCaffe reads it, each V1 entry upgraded as Caffe upgrades it", source)
     for node in layer_nodes:
-        lp = msg.layer.add()
         mine = Problems(source)
-        fill_message(lp, node.children, mine, mycaffe_extra_field)
+        if node.name == "layers":
+            v1 = caffe_pb2.V1LayerParameter()
+            fill_message(v1, node.children, mine, mycaffe_extra_field)
+            try:
+                msg.layer.add().CopyFrom(upgrade_v1_layer(v1))
+            except NetError as e:
+                mine.add(node, str(e))
+                msg.layer.add(name=v1.name)
+        else:
+            msg.layer.add()
+        lp = msg.layer[len(msg.layer) - 1]
+        if node.name == "layer":
+            fill_message(lp, node.children, mine, mycaffe_extra_field)
         if lp.HasField("type"):
             reason = type_problem(lp)
             if reason is not None:

@@ -81,10 +81,10 @@ def with_inputs(param: caffe_pb2.NetParameter, batch: int) -> Tuple[caffe_pb2.Ne
             new = out.layer.add()
             new.CopyFrom(lp)
             for shape in new.input_param.shape:
-                if len(shape.dim) and shape.dim[0] > batch:
+                if len(shape.dim) == 4 and shape.dim[0] > batch:   # images: a smaller batch
                     shape.dim[0] = batch
             for top in lp.top:
-                kinds[top] = "data"
+                kinds[top] = "label" if "label" in top.lower() else "data"
             continue
         if lp.type not in DATA_TYPES:
             out.layer.add().CopyFrom(lp)
@@ -102,6 +102,10 @@ def with_inputs(param: caffe_pb2.NetParameter, batch: int) -> Tuple[caffe_pb2.Ne
     return out, kinds
 
 
+def _half_sum_of_squares(args) -> None:
+    args.loss = 0.5 * float(sum(np.sum(np.square(np.asarray(b.data, dtype=np.float64))) for b in args.bottom[:1]))
+
+
 def run_net(path: str, batch: int) -> Tuple[str, str]:
     """(status, reason) of building and running the ported net at ``path`` once."""
     import pycaffe_norm as caffe
@@ -113,14 +117,25 @@ def run_net(path: str, batch: int) -> Tuple[str, str]:
     except PcnError as e:
         return "build", str(e)
     rs = np.random.RandomState(0)
+    indices = {lp.bottom[0]: lp.embed_param.input_dim for lp in fed.layer if lp.type == "Embed" and lp.bottom}
+    recurrent = ("LSTM", "Lstm", "RNN", "Rnn", "LstmSimple", "LstmAttention")
+    clips = {lp.bottom[1] for lp in fed.layer if lp.type in recurrent and len(lp.bottom) > 1}
     for name, kind in kinds.items():
         if name not in net.blobs:
             continue
         blob = net.blobs[name]
-        if kind == "label":
+        if name in indices:
+            blob.data[...] = rs.randint(0, max(indices[name], 1), blob.shape)
+        elif name in clips:   # sequence continuation: 0 at the first time step, 1 after
+            blob.data[...] = 1
+            blob.data[:1] = 0
+        elif kind == "label":
             blob.data[...] = rs.randint(0, class_count(fed, name), blob.shape)
         else:
             blob.data[...] = rs.uniform(0, 1, blob.shape)
+    for layer in net.layers:
+        if getattr(layer, "type", "") == "MemoryLoss":   # the loss a MyCaffe application would supply
+            layer.on_get_loss = _half_sum_of_squares
     try:
         out = net.forward()
         net.backward()
