@@ -237,6 +237,18 @@ def _inner_product(g, layer, xs, bottoms, tops, outs):
     return [g.reshape(y, tuple(shape[:axis]) + (layer.num_output,), outs[0])]
 
 
+@_converts("Embed")
+def _embed(g, layer, xs, bottoms, tops, outs):
+    # the float indices become int64 rows of W (input_dim, num_output); an index out of range is the runtime's
+    # error, as it is pcn's
+    index = g.op("Cast", xs, to=_onnx().TensorProto.INT64)
+    rows = g.op("Gather", [g.const("weight", _data(layer.blobs[0])), index], None if layer.bias_term else outs[0],
+                axis=0)
+    if not layer.bias_term:
+        return [rows]
+    return [g.op("Add", [rows, g.const("bias", _data(layer.blobs[1]))], outs[0])]
+
+
 @_converts("ReLU")
 def _relu(g, layer, xs, bottoms, tops, outs):
     if layer.negative_slope == 0:

@@ -325,6 +325,14 @@ def test_argmax_breaks_ties_towards_the_larger_index(param):
         np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("param", ["num_output: 4 input_dim: 6", "num_output: 3 input_dim: 5 bias_term: false"])
+def test_embed(param):
+    net = net_from(one_layer('type: "Embed" embed_param { %s }' % param, shape=(2, 3)))
+    x = np.random.RandomState(5).randint(0, 5, size=(2, 3)).astype(np.float32)
+    for ref, got in run_both(net, inputs={"data": x}).values():
+        np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("param", ["axis: 2 offset: 1", "axis: 1 offset: 0 offset: 2 offset: 1", "axis: 3"])
 def test_crop(param):
     net = net_from(one_layer('type: "Crop" crop_param { %s }' % param, bottoms=("a", "b"),
@@ -430,14 +438,14 @@ def test_refuses_every_layer_it_cannot_express_in_one_line():
         'layer { name: "cols" type: "Im2col" bottom: "out" top: "cols" convolution_param { kernel_size: 2 } }\n'
         'layer { name: "pool" type: "Pooling" bottom: "out" top: "pool" top: "mask" '
         'pooling_param { pool: MAX kernel_size: 2 } }\n'
-        'layer { name: "embed" type: "Embed" bottom: "pool" top: "embed" '
-        'embed_param { num_output: 2 input_dim: 3 } }\n')
+        'layer { name: "index" type: "Input" top: "index" input_param { shape { dim: 2 } } }\n'
+        'layer { name: "reindex" type: "BatchReindex" bottom: "pool" bottom: "index" top: "reindex" }\n')
     net = net_from(text)
     with pytest.raises(PcnError) as e:
         export_net(net)
     message = str(e.value)
     assert "\n" not in message
-    for name in ("'cols' (Im2col)", "'pool' (Pooling: a second top", "'embed' (Embed)"):
+    for name in ("'cols' (Im2col)", "'pool' (Pooling: a second top", "'reindex' (BatchReindex)"):
         assert name in message
     assert "these 3 layers" in message and "'layer'" not in message and "deploy net" not in message
 
