@@ -431,6 +431,15 @@ def test_normalization_of_zeros_is_zero(layer):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
 
 
+def test_docs_list_every_translated_type():
+    from pycaffe_norm.export_onnx import supported_layer_types
+
+    table = (ROOT / "docs" / "onnx.md").read_text().split("## How each layer maps")[1].split("## What is refused")[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    documented = set(re.findall(r"`(\w+)`", " ".join(rows)))
+    assert set(supported_layer_types()) <= documented
+
+
 # --- refusals and errors ----------------------------------------------------------------------------------------
 
 def test_refuses_every_layer_it_cannot_express_in_one_line():
