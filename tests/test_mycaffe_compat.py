@@ -1,4 +1,4 @@
-"""MyCaffe model definitions (tests/mycaffe/, sources in each file's header) load, build, run forward and backward,
+"""MyCaffe-style model definitions (pcn's own files in tests/mycaffe/) load, build, run forward and backward,
 and each MyCaffe-only field is mapped, ignored with a log line, or refused with a one-line error."""
 import logging
 from pathlib import Path
@@ -16,10 +16,8 @@ HERE = Path(__file__).parent / "mycaffe"
 
 # fixture -> (data shape, number of classes) for the Input layer that replaces its Data layers
 FIXTURES = {
-    "lenet_train_test.prototxt": ((2, 1, 28, 28), 10),
-    "simple_train_test.prototxt": ((2, 1, 4, 4), 4),
-    "alexnet_cifar_lrn.prototxt": ((2, 3, 32, 32), 10),
-    "resnet56_head.prototxt": ((2, 3, 8, 8), 10),
+    "lenet_mycaffe.prototxt": ((2, 1, 28, 28), 10),
+    "alexnet_cifar_mycaffe.prototxt": ((2, 3, 28, 28), 10),
     "normalization_tour.prototxt": (None, 3),
 }
 
@@ -69,28 +67,28 @@ def test_fixture_loads_and_runs(name, phase, tmp_path):
         assert any(np.any(d != 0) for d in diffs)
 
 
-@pytest.mark.parametrize("name", ["lenet_train_test.prototxt", "alexnet_cifar_lrn.prototxt",
-                                  "resnet56_head.prototxt"])
+@pytest.mark.parametrize("name", ["lenet_mycaffe.prototxt", "alexnet_cifar_mycaffe.prototxt"])
 def test_imagedb_data_layer_is_refused_in_one_line(name):
     with pytest.raises(NetError) as e:
         caffe.Net(str(HERE / name), caffe.TRAIN)
     msg = str(e.value)
-    assert "data_param.backend IMAGEDB" in msg and "Input" in msg and "\n" not in msg
+    assert "data_param.backend IMAGEDB" in msg and "pcn port" in msg and "\n" not in msg
 
 
 def test_every_fixture_parses_and_is_recognised():
     for name in FIXTURES:
         param = _read(name)
         assert len(param.layer) > 3
-    assert is_mycaffe(_read("lenet_train_test.prototxt"))
-    assert is_mycaffe(_read("normalization_tour.prototxt"))
-    assert not is_mycaffe(_read("simple_train_test.prototxt"))
+        assert is_mycaffe(param)
+    plain = prototxt.read_text(Path(__file__).parents[1] / "models" / "lenet" / "lenet_train_test.prototxt",
+                               caffe_pb2.NetParameter())
+    assert not is_mycaffe(plain)
 
 
 def test_lrn_values_written_by_mycaffe_are_used(tmp_path):
-    net = caffe.Net(str(_with_input("alexnet_cifar_lrn.prototxt", tmp_path)), caffe.TEST)
+    net = caffe.Net(str(_with_input("alexnet_cifar_mycaffe.prototxt", tmp_path)), caffe.TEST)
     lrn = net.layer_dict["norm1"].layer_param.lrn_param
-    assert lrn.alpha == pytest.approx(1e-4) and lrn.k == 2 and lrn.local_size == 5
+    assert lrn.alpha == pytest.approx(1e-4) and lrn.k == 2 and lrn.local_size == 3
 
 
 def _net_text(layers: str, tail: str = "") -> caffe_pb2.NetParameter:

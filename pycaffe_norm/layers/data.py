@@ -117,8 +117,19 @@ class HDF5DataLayer(Layer):
         except OSError as e:
             raise NetError("layer %r (HDF5Data): cannot read HDF5 file %s: %s" % (self.name, path, e)) from None
 
+    def _damaged(self, path: str, e: Exception) -> NetError:
+        # h5py reports a corrupt file's metadata as RuntimeError, KeyError, ValueError... when it is read
+        return NetError("layer %r (HDF5Data): cannot read HDF5 file %s (damaged?): %s"
+                        % (self.name, path, " ".join(str(e).split()) or type(e).__name__))
+
     def _load(self, file_index: int) -> None:
         """Reads every top's dataset of file ``file_index`` into memory, in the top blobs' dtype."""
+        try:
+            self._read(file_index)
+        except (RuntimeError, KeyError, ValueError, TypeError, OSError) as e:
+            raise self._damaged(self.files[file_index], e) from None
+
+    def _read(self, file_index: int) -> None:
         path = self.files[file_index]
         arrays = []
         with self._open(path) as f:
@@ -151,9 +162,12 @@ class HDF5DataLayer(Layer):
 
     def _row_count(self, file_index: int) -> int:
         if file_index not in self._row_counts:
-            with self._open(self.files[file_index]) as f:
-                ds = f.get(self.top_names[0])
-                count = int(ds.shape[0]) if getattr(ds, "shape", ()) else None
+            try:
+                with self._open(self.files[file_index]) as f:
+                    ds = f.get(self.top_names[0])
+                    count = int(ds.shape[0]) if getattr(ds, "shape", ()) else None
+            except (RuntimeError, KeyError, ValueError, TypeError, OSError) as e:
+                raise self._damaged(self.files[file_index], e) from None
             if count is None:
                 self._load(file_index)  # raises the full error
             else:
@@ -534,7 +548,8 @@ class MemoryDataLayer(Layer):
     wrapping around (Caffe's MemoryDataLayer). Like Caffe's ``Reset``, the arrays are not transformed."""
 
     exact_num_bottom = 0
-    exact_num_top = 2
+    min_top = 1   # MyCaffe's label_type NONE: the data top only
+    max_top = 2
 
     def setup(self, bottom, top):
         p = self.layer_param.memory_data_param
@@ -544,7 +559,8 @@ class MemoryDataLayer(Layer):
                            "all be > 0, got %s" % (self.name, dims))
         self.batch_size, self.item_shape = dims[0], dims[1:]
         top[0].reshape(dims)
-        top[1].reshape((self.batch_size,))
+        if len(top) > 1:
+            top[1].reshape((self.batch_size,))
         self._data = self._labels = None
         self._pos = 0
 
@@ -575,7 +591,8 @@ class MemoryDataLayer(Layer):
             raise NetError("layer %r (MemoryData): no data; call net.set_input_arrays(data, labels) first" % self.name)
         b = slice(self._pos, self._pos + self.batch_size)
         _copy_to_top(top[0], self._data[b])
-        _copy_to_top(top[1], self._labels[b])
+        if len(top) > 1:
+            _copy_to_top(top[1], self._labels[b])
         self._pos = (self._pos + self.batch_size) % self._data.shape[0]
 
     def backward(self, top, propagate_down, bottom):

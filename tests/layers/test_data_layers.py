@@ -428,6 +428,27 @@ def test_memory_data_serves_set_input_arrays_in_order(tmp_path):
         other.set_input_arrays(data, np.zeros(4))
 
 
+def test_memory_data_with_only_a_data_top(tmp_path):
+    """MyCaffe's label_type NONE: the data top alone; the labels given to set_input_arrays are not served."""
+    n = net(tmp_path, MEMORY.replace('top: "label" ', ""))
+    data = np.arange(2 * 6, dtype=np.float32).reshape(2, 1, 2, 3)
+    n.set_input_arrays(data, np.zeros(2))
+    n.forward()
+    np.testing.assert_array_equal(n.blobs["data"].data, data)
+    assert "label" not in n.blobs
+
+
+def test_color_order_rgb_reverses_channels_after_mean_and_scale():
+    """MyCaffe's color_order RGB on Caffe's BGR data: (x - mean) * scale, then channels C-1 .. 0."""
+    x = (np.arange(2 * 3 * 2 * 2) % 251).reshape(2, 3, 2, 2).astype(np.uint8)
+    t = transformer("scale: 0.5 mean_value: 10 mean_value: 20 mean_value: 30 color_order: RGB", caffe.TEST)
+    bgr = (x.astype(np.float32) - np.array([10, 20, 30], np.float32).reshape(1, 3, 1, 1)) * 0.5
+    np.testing.assert_array_equal(t.transform(x), bgr[:, [2, 1, 0]])
+    grey = x[:, :1]
+    np.testing.assert_array_equal(transformer("color_order: RGB").transform(grey), grey.astype(np.float32))
+    np.testing.assert_array_equal(transformer("color_order: BGR").transform(x), x.astype(np.float32))
+
+
 # --- LeNet on an LMDB of bundled digits ----------------------------------------------------------------------
 
 def test_lenet_trains_from_lmdb_of_bundled_digits(tmp_path, caplog):
