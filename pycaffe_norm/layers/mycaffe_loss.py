@@ -144,7 +144,12 @@ class MemoryLossLayer(LossLayer):
         args = MemoryLossArgs(bottom, self.user_state, normalizer)
         self.get_loss(args)
         self._enable_loss_update = bool(args.enable_loss_update)
-        top[0].data[...] = float(args.loss) / normalizer
+        try:
+            loss = float(args.loss)
+        except (TypeError, ValueError):
+            raise NetError("layer %r (MemoryLoss): the loss function set args.loss to %r, not a number"
+                           % (self.name, args.loss)) from None
+        top[0].data[...] = loss / normalizer
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:

@@ -101,6 +101,9 @@ def test_memory_loss_without_a_callback_is_a_clear_error():
     layer, bottom, top = setup_layer('type: "MemoryLoss"', [gaussian((3, 4), 1)])
     with pytest.raises(NetError, match="on_get_loss"):
         layer.forward(bottom, top)
+    layer.on_get_loss = lambda args: setattr(args, "loss", "big")
+    with pytest.raises(NetError, match="'big', not a number"):
+        layer.forward(bottom, top)
 
 
 @pytest.mark.parametrize("normalization, divisor", [("BATCH_SIZE", 3), ("VALID", 3 * 2 * 5), ("FULL", 30),
