@@ -69,6 +69,21 @@ def test_running_centroids_match_mycaffes_item_loop_over_several_batches():
     assert saw_saturated
 
 
+def test_running_centroids_match_the_loop_for_small_random_configurations():
+    """Batches of one item and cache_size 1 (a blend factor of 1 restarts a centroid), single labels, ..."""
+    rng = np.random.RandomState(11)
+    for _ in range(60):
+        num, cache, n_labels = rng.randint(1, 9), rng.randint(1, 3), rng.randint(1, 4)
+        counts, centroids = np.zeros(n_labels, np.int64), np.zeros((n_labels, 2))
+        ref_counts, ref_centroids = counts.copy(), centroids.copy()
+        for _ in range(rng.randint(1, 6)):
+            x, lab = rng.randn(num, 2), rng.randint(0, n_labels, num)
+            seen, centroids, _ = running_centroids(x, lab, counts, centroids, num * cache)
+            expected = centroid_loop(x, lab, ref_counts, ref_centroids, num * cache)
+            np.testing.assert_allclose(seen, expected, rtol=1e-10, atol=1e-12)
+            counts = counts + np.bincount(lab, minlength=n_labels)
+
+
 # --- Decode ------------------------------------------------------------------------------------------------------
 DECODE = 'type: "Decode" decode_param { target: CENTROID cache_size: 1 pregen_label_count: 3 %s }'
 
