@@ -394,3 +394,11 @@ def test_map_agrees_with_an_independent_computation(version):
     assert [per_class[1], per_class[2]] == pytest.approx(want, abs=1e-6)
     assert got == pytest.approx(np.mean(want), abs=1e-6)
     assert 0.2 < got < 1.0
+
+
+def test_multibox_loss_without_any_ground_truth_is_zero():
+    inputs = mbox_inputs()
+    inputs[3] = np.full((1, 1, 1, 8), -1.0)
+    layer, bottom, (t,) = run(mbox_text(), inputs, propagate=[True, True, False, False])
+    assert float(t.data) == 0.0 and layer.num_matches == 0
+    assert not bottom[0].diff.any() and not bottom[1].diff.any()
