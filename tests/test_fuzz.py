@@ -2,9 +2,10 @@
 
 Text cases mutate the bundled models and solvers (line deletions, duplications and swaps; numbers, enum values and
 strings replaced); binary cases flip bits in and truncate a .caffemodel, a .caffemodel.h5, .solverstate and
-.solverstate.h5 files and a .binaryproto. Each case runs the command line in this process (``pcn time``, ``pcn test``,
-``pcn train``) or ``caffe.io.load_binaryproto`` inside a copy of models/ under tmp_path, so nothing is written into
-the repository. Anything but exit status 0 or 2 with a ``pcn: error:`` line (an uncaught exception) is a finding.
+.solverstate.h5 files, a .binaryproto and an HDF5 data file. Each case runs the command line in this process
+(``pcn time``, ``pcn test``, ``pcn train``) or ``caffe.io.load_binaryproto`` inside a copy of models/ under tmp_path,
+so nothing is written into the repository. Anything but exit status 0 or 2 with a ``pcn: error:`` line (an uncaught
+exception) is a finding.
 
 The default run is small and seeded. A longer one (docs/reliability.md)::
 
@@ -22,6 +23,7 @@ import sys
 import time
 import traceback
 
+import h5py
 import numpy as np
 import pytest
 
@@ -167,6 +169,13 @@ def workspace(tmp_path_factory):
                 'snapshot_after_train: false\nsnapshot_format: %s\nsnapshot_prefix: "state/tiny"\ndisplay: 1\n'
                 'random_seed: 5\ntype: "Adam"\n' % fmt)
             assert main(["train", "--solver", "tiny_solver%s.prototxt" % suffix]) == 0
+        with h5py.File("tiny_data.h5", "w") as f:
+            f["data"] = np.linspace(-1, 1, 8 * 6, dtype=np.float32).reshape(8, 6)
+            f["label"] = np.arange(8, dtype=np.float32) % 3
+        pathlib.Path("h5_list.txt").write_text("fuzz_tiny_data.h5\n")
+        pathlib.Path("h5net.prototxt").write_text(re.sub(r"layer \{ name: \"data\".*?\} \} \}", (
+            'layer { name: "data" type: "HDF5Data" top: "data" top: "label" '
+            'hdf5_data_param { source: "h5_list.txt" batch_size: 4 } }'), TINY_NET, flags=re.S))
         pathlib.Path("mean.binaryproto").write_bytes(
             caffe.io.array_to_blobproto(np.linspace(0, 1, 192, dtype=np.float32).reshape(1, 3, 8, 8))
             .SerializeToString())
@@ -179,6 +188,7 @@ def workspace(tmp_path_factory):
         "state/tiny_iter_2.solverstate.h5": ["train", "--solver", "tiny_solver.h5.prototxt", "--snapshot", "{}"],
         "state/tiny_iter_2.caffemodel": ["test", "--model", "tiny.prototxt", "--weights", "{}", "--iterations", "1"],
         "mean.binaryproto": None,
+        "tiny_data.h5": ["time", "--model", "h5net.prototxt", "--iterations", "1"],
     }
     pristine = {path: (ws / path).read_bytes() for path in binaries}   # cases may overwrite snapshots
     texts = {path: (ws / path).read_text() for path in texts}

@@ -495,3 +495,24 @@ def test_intact_lmdb_still_reads(tmp_path):
     net = caffe.Net(str(lmdb_net(tmp_path, None)), caffe.TEST)
     net.forward()
     assert net.blobs["data"].data.shape == (4, 1, 16, 16)
+
+
+def test_damaged_hdf5_data_file_names_layer_and_file(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros((8, 5), np.float32)
+        f["label"] = np.zeros(8, np.float32)
+    (tmp_path / "list.txt").write_text("bad.h5\n")
+    model = tmp_path / "h5.prototxt"
+    model.write_text(NET.replace(NET[NET.index("layer {"):NET.index('layer { name: "ip1"')],
+                                 'layer { name: "data" type: "HDF5Data" top: "data" top: "label" '
+                                 'hdf5_data_param { source: "%s" batch_size: 4 } }\n' % (tmp_path / "list.txt")))
+
+    def corrupt(self, name, default=None):   # what h5py raises for a flipped bit in a group's B-tree
+        raise RuntimeError("Unable to get group info (bad symbol table node signature)")
+
+    monkeypatch.setattr(h5py.File, "get", corrupt)
+    assert main(["time", "--model", str(model), "--iterations", "1"]) == 2
+    line = error_line(capsys)
+    assert "layer 'data' (HDF5Data): cannot read HDF5 file" in line and "bad.h5" in line
+    assert "bad symbol table node signature" in line
