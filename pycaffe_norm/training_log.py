@@ -126,14 +126,13 @@ SERIES = {"loss": (("train loss", "train", "loss"), ("test loss", "test", "loss"
           "lr": (("learning rate", "train", "LearningRate"),)}
 
 
-def _column(rows: Sequence[Row], wanted: str) -> str:
-    """The column that ``wanted`` names: itself, or the one output whose name contains it (``loss`` finds
-    ``loss1/loss``)."""
-    names = [k for k in (rows[0] if rows else {}) if k not in FIXED_COLUMNS or k == wanted]
-    if wanted in names:
-        return wanted
-    matches = [k for k in names if wanted in k]
-    return matches[0] if len(matches) == 1 else ""
+def _columns(rows: Sequence[Row], wanted: str) -> List[str]:
+    """The columns that ``wanted`` names: itself, or else every output whose name contains it (``loss`` finds
+    GoogLeNet's ``loss1/loss1``, ``loss2/loss1`` and ``loss3/loss3``)."""
+    names = []
+    for row in rows:
+        names += [k for k in row if k not in names and (k not in FIXED_COLUMNS or k == wanted)]
+    return [wanted] if wanted in names else [k for k in names if wanted in k]
 
 
 def plot_logs(paths: Sequence[str], out: str, x_axis: str = "iters", charts: Sequence[str] = ("loss", "accuracy",
@@ -156,12 +155,14 @@ def plot_logs(paths: Sequence[str], out: str, x_axis: str = "iters", charts: Seq
         for title, table_name, wanted in SERIES[chart]:
             for name, (train, test) in tables:
                 rows = train if table_name == "train" else test
-                column = _column(rows, wanted)
-                points = [(r[x_key], r[column]) for r in rows if column and column in r and
-                          not math.isnan(r[column])]
-                if points:
+                columns = _columns(rows, wanted)
+                for column in columns:
+                    points = [(r[x_key], r[column]) for r in rows if column in r and not math.isnan(r[column])]
+                    if not points:
+                        continue
                     xs, ys = zip(*points)
-                    label = title if len(tables) == 1 else "%s (%s)" % (title, name)
+                    label = title if len(columns) == 1 else "%s %s" % (title.split()[0], column)
+                    label = label if len(tables) == 1 else "%s (%s)" % (label, name)
                     ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label)
                     drawn += 1
         ax.set_ylabel(chart)

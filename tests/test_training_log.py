@@ -129,3 +129,20 @@ def test_draw_command(tmp_path, capsys):
     assert "accuracy_Accuracy" not in (tmp_path / "net.dot").read_text()
     assert main(["draw", str(tmp_path / "missing.prototxt"), str(tmp_path / "n.dot")]) == 2
     assert "missing.prototxt" in capsys.readouterr().err
+
+
+def test_plot_finds_every_loss_of_a_net_with_several(tmp_path):
+    pytest.importorskip("matplotlib")
+    log = CAFFE_LOG.replace("Train net output #0: loss =", "Train net output #0: loss1/loss1 =")
+    log = log.replace("Test net output #1: loss =", "Test net output #1: loss3/loss3 =")
+    path = tmp_path / "googlenet.log"
+    path.write_text(log)
+    from pycaffe_norm import training_log
+
+    train, test = training_log.parse_log(str(path))
+    assert training_log._columns(train, "loss") == ["loss1/loss1"]
+    assert training_log._columns(test, "loss") == ["loss3/loss3"]
+    assert training_log._columns(test, "accuracy") == ["accuracy"]
+    assert training_log._columns(train, "LearningRate") == ["LearningRate"]
+    plot_logs([str(path)], str(tmp_path / "g.png"), charts=["loss"])
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
