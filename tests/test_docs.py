@@ -3,6 +3,7 @@ the repository's models/ and data/ and the files the block names; each command s
 tool and options that exist."""
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -75,9 +76,8 @@ def needs(code: str) -> None:
 def test_python_snippet_runs(code, tmp_path):
     needs(code)
     cwd = workspace(tmp_path)
-    run = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-                              "GLOG_minloglevel": "1"})
+    env = dict(os.environ, PYTHONPATH=str(ROOT), GLOG_minloglevel="1")
+    run = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
 
 
