@@ -391,6 +391,26 @@ def test_damaged_hdf5_solverstate(tmp_path, capsys, damage):
     assert "two_iter_3.solverstate.h5" in error_line(capsys)
 
 
+@pytest.mark.parametrize("damage", ["learned_net not UTF-8", "negative iter"])
+def test_damaged_binary_solverstate(tmp_path, capsys, damage):
+    solver = write_solver(tmp_path, "snapshot: 3\n")
+    assert main(["train", "--solver", solver]) == 0
+    capsys.readouterr()
+    state = tmp_path / "snap" / "two_iter_3.solverstate"
+    msg = caffe_pb2.SolverState()
+    msg.ParseFromString(state.read_bytes())
+    if damage == "negative iter":
+        msg.iter = -7
+        raw = msg.SerializeToString()
+    else:
+        msg.learned_net = "X" + msg.learned_net[1:]
+        raw = msg.SerializeToString().replace(b"X", b"\xff", 1)
+    state.write_bytes(raw)
+    assert main(["train", "--solver", solver, "--snapshot", str(state)]) == 2
+    line = error_line(capsys)
+    assert "two_iter_3.solverstate" in line and ("not UTF-8" in line or "cannot be negative" in line)
+
+
 # --- 6. non-UTF-8 bytes in a prototxt --------------------------------------------------------------------------
 
 def test_non_utf8_byte_in_a_comment_is_read(tmp_path, capsys):

@@ -504,7 +504,8 @@ class Solver:
     def _write_state_hdf5(self, path: str, model: str) -> None:
         with atomic_hdf5(path) as f:
             f.create_dataset("iter", data=self.iter)
-            f.create_dataset("learned_net", data=model)
+            # a fixed-length string, as Caffe's hdf5_save_string writes it (Caffe cannot read a variable-length one)
+            f.create_dataset("learned_net", data=np.bytes_(model.encode("utf-8")))
             f.create_dataset("current_step", data=self.current_step)
             g = f.create_group("history")
             for i, h in enumerate(self.history):
@@ -518,10 +519,15 @@ class Solver:
         else:
             msg = prototxt.read_binary(state_file, caffe_pb2.SolverState(), "solver state file")
             it, step, learned = msg.iter, msg.current_step, msg.learned_net
+            if isinstance(learned, bytes):   # protobuf hands back a string field that is not UTF-8 as bytes
+                raise PcnError("%s: learned_net is not UTF-8 text (a damaged file?): %r" % (state_file, learned[:80]))
             try:
                 history = [blobproto_to_array(b) for b in msg.history]
             except PcnError as e:
                 raise PcnError("%s: %s" % (state_file, e)) from None
+        if it < 0 or step < 0:
+            raise PcnError("%s: iteration %d and learning-rate step %d cannot be negative (a damaged file?)"
+                           % (state_file, it, step))
         if len(history) != len(self.history):
             raise PcnError("%s: %d history blobs, but this solver and net need %d (a different net or solver type?)"
                            % (state_file, len(history), len(self.history)))
