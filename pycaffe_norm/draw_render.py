@@ -55,15 +55,19 @@ def net_graph(net: caffe_pb2.NetParameter, phase: Optional[int] = None, display_
 
 
 def _ranks(nodes, edges) -> Dict[str, int]:
-    """Longest-path ranks in the order the net lists its layers; an edge into an already ranked blob (an in-place
-    layer writing its bottom) does not move that blob."""
+    """Longest-path ranks in the order the net lists its layers. An edge into an already ranked blob (an in-place
+    layer writing its bottom) does not move that blob, but the blob's later readers come after that layer."""
     rank: Dict[str, int] = {}
+    ready: Dict[str, int] = {}  # blob -> rank after which its current value exists
     for src, dst, _ in edges:
         rank.setdefault(src, 0)
+        after = ready.get(src, rank[src])
         if dst not in rank:
-            rank[dst] = rank[src] + 1
-        elif not dst.endswith("_blob"):
-            rank[dst] = max(rank[dst], rank[src] + 1)
+            rank[dst] = after + 1
+        elif dst.endswith("_blob"):
+            ready[dst] = max(ready.get(dst, rank[dst]), rank[src])
+        else:
+            rank[dst] = max(rank[dst], after + 1)
     for key in nodes:
         rank.setdefault(key, 0)
     return rank

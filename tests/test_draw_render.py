@@ -35,6 +35,8 @@ def test_graph_has_every_layer_and_blob_of_the_phase():
     assert ("conv1_Convolution", "conv1_blob", "20") in edges
     ranks = draw_render._ranks(nodes, edges)
     assert ranks["data_blob"] < ranks["conv1_Convolution"] < ranks["conv1_blob"] < ranks["pool1_Pooling"]
+    # the in-place ReLU sits between ip1 and the layer that reads its output
+    assert ranks["ip1_blob"] < ranks["relu1_ReLU"] < ranks["ip2_InnerProduct"]
 
 
 def test_png_without_graphviz(no_graphviz):
