@@ -253,7 +253,7 @@ def fuzz(workspace, cases: int, seed: int, capsys=None):
                 (ws / target).write_bytes(data)
                 argv = binaries[source]
             started = time.perf_counter()
-            faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+            faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=sys.__stderr__)   # seen with -s
             signal.setitimer(signal.ITIMER_PROF, CASE_SECONDS)
             try:
                 finding = run_case(argv, target)
