@@ -9,6 +9,7 @@ module registers its classes under the ``type:`` strings a prototxt uses (MyCaff
 - ``inner_product``: Embed, InnerProduct
 - ``loss``: Accuracy, ContrastiveLoss, EuclideanLoss, HingeLoss, InfogainLoss, MultinomialLogisticLoss,
   SigmoidCrossEntropyLoss, Softmax, SoftmaxWithLoss
+- ``modern_normalization``: ConvNeXtGRN, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 - ``mycaffe_data``: DataSequence
 - ``mycaffe_embedding``: AccuracyDecode, AccuracyEncoding, Debug, Decode, Knn
 - ``mycaffe_loss``: MemoryLoss, TripletLoss
@@ -33,6 +34,7 @@ from . import (
     detection,  # noqa: F401,E402
     inner_product,  # noqa: F401,E402
     loss,  # noqa: F401,E402
+    modern_normalization,  # noqa: F401,E402
     mycaffe_data,  # noqa: F401,E402
     mycaffe_embedding,  # noqa: F401,E402
     mycaffe_loss,  # noqa: F401,E402

@@ -110,7 +110,7 @@ class BatchNormLayer(Layer):
 
     def fixed_param_indices(self) -> List[int]:
         """Parameter blobs the solver must never update (the Net forces their lr_mult to 0)."""
-        return [0, 1, 2]
+        return [0, 1, 2] + ([len(self.blobs) - 1] if getattr(self, "renorm", False) else [])
 
     def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
         p = self.layer_param.batch_norm_param
@@ -135,14 +135,19 @@ class BatchNormLayer(Layer):
                 scale.data[...] = 1
             fill(bias, p.bias_filler)       # an unset filler is constant 0
             self.blobs += [scale, bias]
-        expected = [(c,), (c,), (1,)] + ([(c,), (c,)] if self.scale_bias else [])
+        # Batch Renormalization (pcn extension): its iteration counter is one more blob, after all others.
+        self.renorm = bool(p.renorm)
+        self.renorm_schedule = (_f(p.r_max), _f(p.d_max), p.renorm_ramp_start, p.r_max_ramp_end, p.d_max_ramp_end)
+        if self.renorm and len(self.blobs) == 3 + 2 * self.scale_bias:
+            self.blobs.append(Blob((1,), dtype=dtype, xp=xp))
+        expected = [(c,), (c,), (1,)] + ([(c,), (c,)] if self.scale_bias else []) + [(1,)] * self.renorm
         got = [tuple(b.shape) for b in self.blobs]
         # S is read from element 0 of blobs[2], as Caffe does; MyCaffe stores it with shape (C,).
         if len(got) != len(expected) or self.blobs[2].count < 1 or \
                 any(_prod(g) != _prod(e) for i, (g, e) in enumerate(zip(got, expected)) if i != 2):
             raise NetError("layer %r (BatchNorm): parameter blobs have shapes %s, expected %s"
                            % (self.name, got, expected))
-        self.param_propagate_down = [False, False, False] + [True] * (len(self.blobs) - 3)
+        self.param_propagate_down = [False, False, False] + [True] * (2 * self.scale_bias) + [False] * self.renorm
         # A prototxt lr_mult != 0 on blobs 0..2 is overridden (with a warning) by the Net through
         # fixed_param_indices(), as MyCaffe does; BVLC Caffe refuses such a prototxt.
         logger.info("layer %r (BatchNorm): normalising with %s (%s)", self.name,
@@ -166,6 +171,7 @@ class BatchNormLayer(Layer):
         x3 = x.reshape(x.shape[0], self.channels, -1)
         dt = x.dtype.type
         m = x3.shape[0] * x3.shape[2]
+        self._rd = None
         if self.use_global_stats:
             s = float(self.blobs[2].data.reshape(-1)[0])
             factor = dt(0 if s == 0 else 1 / s)
@@ -178,6 +184,8 @@ class BatchNormLayer(Layer):
         xp.subtract(x3, mean[None, :, None], out=xn)
         if not self.use_global_stats:
             var = _chan_dot(xp, xn, xn) / dt(m)
+            if self.renorm:     # r and d come from the running statistics before this batch's update
+                self._rd = _renorm_rd(self, xp, mean, var)
             # Caffe keeps decayed sums; the variance is stored unbiased, m/(m-1).
             maf = dt(self.maf)
             for blob, stat in ((self.blobs[0], mean), (self.blobs[1], var * dt(m / (m - 1) if m > 1 else 1))):
@@ -188,10 +196,15 @@ class BatchNormLayer(Layer):
         self._inv_std = (1 / xp.sqrt(var + dt(self.eps))).astype(x.dtype)
         xn *= self._inv_std[None, :, None]
         y = top[0].data.reshape(x3.shape)
+        src = xn
+        if self._rd is not None:            # Batch Renormalization: x_norm * r + d
+            xp.multiply(xn, self._rd[0][None, :, None], out=y)
+            y += self._rd[1][None, :, None]
+            src = y
         if self.scale_bias:
-            xp.multiply(xn, self.blobs[3].data[None, :, None], out=y)
+            xp.multiply(src, self.blobs[3].data[None, :, None], out=y)
             y += self.blobs[4].data[None, :, None]
-        else:
+        elif src is xn:
             y[...] = xn
 
     def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
@@ -202,14 +215,17 @@ class BatchNormLayer(Layer):
         if not self.use_global_stats or self.scale_bias:
             sums = _chan_sum(xp, dy), _chan_dot(xp, dy, xn)       # sum(dy), sum(dy * x_norm)
         if self.scale_bias:
-            if self.param_propagate_down[3]:
-                self.blobs[3].diff[...] += sums[1]
+            if self.param_propagate_down[3]:     # sum(dy * (x_norm * r + d)) with Batch Renormalization
+                self.blobs[3].diff[...] += sums[1] if self._rd is None else \
+                    sums[1] * self._rd[0] + sums[0] * self._rd[1]
             if self.param_propagate_down[4]:
                 self.blobs[4].diff[...] += sums[0]
         if not propagate_down[0]:
             return
         # The scale of scale_bias only multiplies the top diff: fold it into the per-channel factor.
         coef = self._inv_std * self.blobs[3].data if self.scale_bias else self._inv_std
+        if self._rd is not None:            # r is a constant in backward (Ioffe 2017)
+            coef = coef * self._rd[0]
         dx = bottom[0].diff.reshape(xn.shape)
         if self.use_global_stats:
             xp.multiply(dy, coef[None, :, None], out=dx)
@@ -222,6 +238,35 @@ class BatchNormLayer(Layer):
         xp.subtract(dy, (sums[0] / m)[None, :, None], out=dx)     # dx may be dy (in place): read first
         dx -= tmp
         dx *= coef[None, :, None]
+
+
+def renorm_limits(schedule, iteration: float) -> Tuple[float, float]:
+    """Batch Renormalization's (r_max, d_max) at ``iteration``: 1 and 0 until renorm_ramp_start, then linear
+    ramps reaching r_max at r_max_ramp_end and d_max at d_max_ramp_end (at once when an end is <= the start)."""
+    r_max, d_max, start, r_end, d_end = schedule
+
+    def ramp(end):
+        if end <= start:
+            return 1.0 if iteration >= start else 0.0
+        return min(max((iteration - start) / float(end - start), 0.0), 1.0)
+
+    return 1.0 + (r_max - 1.0) * ramp(r_end), d_max * ramp(d_end)
+
+
+def _renorm_rd(layer: Layer, xp, mean, var):
+    """Batch Renormalization's per-channel r and d from the batch and the running statistics (blobs / S), and
+    one step of the iteration counter (the last blob). Before any statistics exist (S == 0), r = 1 and d = 0."""
+    counter = layer.blobs[-1].data
+    r_max, d_max = renorm_limits(layer.renorm_schedule, float(counter.reshape(-1)[0]))
+    counter += 1
+    dt = mean.dtype.type
+    s = float(layer.blobs[2].data.reshape(-1)[0])
+    if s == 0:
+        return xp.ones_like(mean), xp.zeros_like(mean)
+    sigma_run = xp.sqrt(layer.blobs[1].data / dt(s) + dt(layer.eps))
+    r = xp.clip(xp.sqrt(var + dt(layer.eps)) / sigma_run, dt(1 / r_max), dt(r_max))
+    d = xp.clip((mean - layer.blobs[0].data / dt(s)) / sigma_run, dt(-d_max), dt(d_max))
+    return r.astype(mean.dtype), d.astype(mean.dtype)
 
 
 def _buffer(layer: Layer, name: str, xp, shape, dtype):
