@@ -63,3 +63,40 @@ def test_nothing_changes_when_stderr_is_not_a_terminal():
         solver.iter = 3
         solver.action_request()
     assert stream.getvalue() == ""
+
+
+def test_pcn_train_on_a_terminal_shows_the_line(tmp_path):
+    import os
+    import pathlib
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    from tests.test_cli import TINY
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    (tmp_path / "net.prototxt").write_text(TINY % 3)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "%s"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 1500\ndisplay: 500\n'
+                      'snapshot_after_train: false\n' % (tmp_path / "net.prototxt"))
+    controller, terminal = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-m", "pycaffe_norm", "train", "--solver", str(solver)],
+                            stderr=terminal, stdout=subprocess.DEVNULL, env=env)
+    os.close(terminal)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(controller)
+    text = out.decode(errors="replace")
+    assert re.search(r"\r\x1b\[KIteration \d+/3000  \S+ iter/s  ETA \d+m\d\ds", text), text[-2000:]
+    assert "Optimization Done." in text
+    assert "\r\x1b[KI" in text  # a log line replaced the progress line
