@@ -58,7 +58,8 @@ class ProgressLine(logging.Filter):
         if self.start_iter is None:  # the first poll: after a resume's restore, before any timed iteration
             self.start_iter = self.last_iter = self.solver.iter
             self.started = self.last_draw = now
-        elif self.solver.iter != self.last_iter and now - self.last_draw >= self.interval:
+        elif self.solver.iter != self.last_iter and (now - self.last_draw >= self.interval or
+                                                     self.solver.iter >= self.solver.param.max_iter):
             self.last_iter, self.last_draw = self.solver.iter, now
             self.stream.write(_CLEAR + progress_text(self.solver.iter, int(self.solver.param.max_iter),
                                                      now - self.started, self.start_iter))
