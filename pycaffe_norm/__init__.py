@@ -7,7 +7,7 @@ from .random import set_random_seed  # noqa: F401
 
 __version__ = "0.1.0"
 
-from . import draw, io  # noqa: F401,E402
+from . import coord_map, draw, io  # noqa: F401,E402
 from .classifier import Classifier  # noqa: F401,E402
 from .net import Net  # noqa: F401,E402
 from .net_spec import NetSpec, params, to_proto  # noqa: F401,E402  (``layers`` is the package: see layers/__init__)
