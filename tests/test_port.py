@@ -299,3 +299,10 @@ def test_mycaffe_lenet_and_alexnet_cifar_train_after_porting(tmp_path, capsys):
 def test_port_file_reports_kind():
     assert port.port_file(str(HERE / "solver_mycaffe.prototxt"))[0] == "solver"
     assert port.port_file(str(HERE / "dialect_tour.prototxt"))[0] == "net"
+
+
+def test_docs_layer_table_claims_only_registered_types():
+    text = (ROOT / "docs" / "mycaffe.md").read_text()
+    claimed = re.findall(r"^\| [A-Z0-9_]+ \| `[^`]+` \| .*?pcn `([^`]+)`", text, flags=re.M)
+    assert len(claimed) > 50
+    assert set(claimed) <= set(caffe.layer_type_list())

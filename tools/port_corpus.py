@@ -111,6 +111,9 @@ def run_net(path: str, batch: int) -> Tuple[str, str]:
     import pycaffe_norm as caffe
 
     param = prototxt.read_text(path, caffe_pb2.NetParameter())
+    sequences = [lp for lp in param.layer if lp.type == "DataSequence"]
+    if sequences:   # its anchor/positive/negative sampling needs every label at least twice in a batch
+        batch = max(batch, 2 * max(lp.data_sequence_param.label_count for lp in sequences))
     fed, kinds = with_inputs(param, batch)
     try:
         net = caffe.Net(fed, caffe.TRAIN)
@@ -129,8 +132,10 @@ def run_net(path: str, batch: int) -> Tuple[str, str]:
         elif name in clips:   # sequence continuation: 0 at the first time step, 1 after
             blob.data[...] = 1
             blob.data[:1] = 0
-        elif kind == "label":
-            blob.data[...] = rs.randint(0, class_count(fed, name), blob.shape)
+        elif kind == "label":   # every class in turn, so that pair and triplet samplers find matches
+            classes = next((lp.data_sequence_param.label_count for lp in sequences if name in lp.bottom),
+                           class_count(fed, name))
+            blob.data[...] = (np.arange(blob.count) % classes).reshape(blob.shape)
         else:
             blob.data[...] = rs.uniform(0, 1, blob.shape)
     for layer in net.layers:
