@@ -152,7 +152,9 @@ def test_readme_fidelity_lists_say_exactly_how_each_type_is_checked():
     assert listed["Compared with BVLC Caffe's output"] == bvlc
     assert listed["Compared with SSD-Caffe's output"] == ssd - bvlc
     assert listed["Compared with float64 formulas only"] - {"Normalize"} == formula - bvlc - ssd
-    rest = set(caffe.layer_type_list()) - bvlc - ssd - formula
+    pytorch = listed.get("Compared with PyTorch's CPU output", set())
+    assert pytorch <= set(caffe.layer_type_list()) - bvlc - ssd - formula
+    rest = set(caffe.layer_type_list()) - bvlc - ssd - formula - pytorch
     unit_tested = listed["Checked only against formulas and hand-computed values in their unit tests"]
     assert unit_tested <= rest, "README.md's Fidelity section names types that are not registered or are " \
         "compared with Caffe: %s" % sorted(unit_tested - rest)
