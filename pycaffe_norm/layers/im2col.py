@@ -27,6 +27,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import parallel
+
 # Tests set this to True/False to force a layout; None picks by the cost estimate in ``choose_batch_last``.
 FORCE_BATCH_LAST: Optional[bool] = None
 # Tests set this to False (the full im2col path everywhere) or True (the kernel-row path wherever it applies).
@@ -142,16 +144,21 @@ def to_layout(x, geom: ConvGeometry, batch_last: bool, ws: Workspace, key: str):
     n, c = x.shape[0], x.shape[1]
     shape = (c,) + geom.padded_shape + (n,) if batch_last else (c, n) + geom.padded_shape
     buf = ws.get(key, shape, x.dtype, xp)
-    if geom.has_pad:
-        buf.fill(0)
-    buf[_interior(geom, batch_last)] = view
+    inner = _interior(geom, batch_last)
+
+    def part(c0, c1):
+        if geom.has_pad:
+            buf[c0:c1].fill(0)
+        buf[c0:c1][inner] = view[c0:c1]
+
+    _by_channel(c, part, buf)
     return buf
 
 
 def from_layout(buf, geom: ConvGeometry, batch_last: bool, out) -> None:
     """Writes the interior of a padded layout array into ``out`` (N, C, *in)."""
-    nsp = len(geom.in_shape)
-    out[...] = buf[_interior(geom, batch_last)].transpose(_inverse_perm(nsp, batch_last))
+    src = buf[_interior(geom, batch_last)].transpose(_inverse_perm(len(geom.in_shape), batch_last))
+    _by_channel(buf.shape[0], lambda c0, c1: out[:, c0:c1].__setitem__(Ellipsis, src[:, c0:c1]), buf)
 
 
 def im2col(xl, geom: ConvGeometry, batch_last: bool, ws: Workspace, key: str = "col"):
@@ -161,8 +168,13 @@ def im2col(xl, geom: ConvGeometry, batch_last: bool, ws: Workspace, key: str = "
     shape = (c,) + geom.kernel + (geom.out_shape + (n,) if batch_last else (n,) + geom.out_shape)
     col = ws.get(key, shape, xl.dtype, _xp(xl))
     lead = (slice(None),) if batch_last else (slice(None), slice(None))
-    for idx, sl in geom.offsets:
-        col[(slice(None),) + idx] = xl[lead + sl]
+
+    def part(c0, c1):
+        xc = xl[c0:c1]
+        for idx, sl in geom.offsets:
+            col[(slice(c0, c1),) + idx] = xc[lead + sl]
+
+    _by_channel(c, part, col)
     return col.reshape(c * geom.kernel_count, n * geom.out_count)
 
 
@@ -170,12 +182,17 @@ def col2im(col, c: int, n: int, geom: ConvGeometry, batch_last: bool, ws: Worksp
     """Columns ``(C * kernel_count, N * out_count)`` -> summed into a zeroed padded layout array."""
     shape = (c,) + geom.padded_shape + (n,) if batch_last else (c, n) + geom.padded_shape
     buf = ws.get(key, shape, col.dtype, _xp(col))
-    buf.fill(0)
     cshape = (c,) + geom.kernel + (geom.out_shape + (n,) if batch_last else (n,) + geom.out_shape)
     col = col.reshape(cshape)
     lead = (slice(None),) if batch_last else (slice(None), slice(None))
-    for idx, sl in geom.offsets:
-        buf[lead + sl] += col[(slice(None),) + idx]
+
+    def part(c0, c1):
+        bc = buf[c0:c1]
+        bc.fill(0)
+        for idx, sl in geom.offsets:
+            bc[lead + sl] += col[(slice(c0, c1),) + idx]
+
+    _by_channel(c, part, col)
     return buf
 
 
@@ -185,7 +202,8 @@ def to_rows(y, batch_last: bool, ws: Workspace, key: str):
     p = int(np.prod(y.shape[2:], dtype=np.int64))
     y3 = y.reshape(n, m, p)
     buf = ws.get(key, (m, p, n) if batch_last else (m, n, p), y.dtype, _xp(y))
-    buf[...] = y3.transpose(1, 2, 0) if batch_last else y3.transpose(1, 0, 2)
+    src = y3.transpose(1, 2, 0) if batch_last else y3.transpose(1, 0, 2)
+    _by_channel(m, lambda m0, m1: buf[m0:m1].__setitem__(Ellipsis, src[m0:m1]), buf)
     return buf.reshape(m, n * p)
 
 
@@ -196,10 +214,26 @@ def from_rows(rows, out, batch_last: bool, bias=None) -> None:
     p = int(np.prod(out.shape[2:], dtype=np.int64))
     src = rows.reshape(m, p, n).transpose(2, 0, 1) if batch_last else rows.reshape(m, n, p).transpose(1, 0, 2)
     dst = out.reshape(n, m, p)
-    if bias is None:
-        dst[...] = src
-    else:
-        xp.add(src, bias.reshape(1, m, 1), out=dst)
+    _rows_out(src, dst, bias, xp)
+
+
+def _rows_out(src, dst, bias, xp) -> None:
+    """``dst[...] = src (+ bias)`` for (N, M, ...) arrays and bias (M,), split over M on threads."""
+    bias = None if bias is None else bias.reshape((1, -1) + (1,) * (dst.ndim - 2))
+
+    def part(m0, m1):
+        if bias is None:
+            dst[:, m0:m1] = src[:, m0:m1]
+        else:
+            xp.add(src[:, m0:m1], bias[:, m0:m1], out=dst[:, m0:m1])
+
+    _by_channel(dst.shape[1], part, dst)
+
+
+def _by_channel(c: int, part, array) -> None:
+    """Runs ``part(c0, c1)`` over channel ranges on the thread pool (copies and sums are memory-bound loops
+    that NumPy runs without the GIL); ``array`` is the largest array touched, for the size and the backend."""
+    parallel.over_batch(c, part, int(array.size), isinstance(array, np.ndarray))
 
 
 def _xp(a):
@@ -237,13 +271,19 @@ def _hnw(x, pad, ws: Workspace, key: str):
     n, c, h, w = x.shape
     ph, pw = pad
     buf = ws.get(key, (c, h + 2 * ph, n, w + 2 * pw), x.dtype, _xp(x))
-    if ph:  # only the border is zeroed: the interior is overwritten below
-        buf[:, :ph] = 0
-        buf[:, ph + h:] = 0
-    if pw:
-        buf[:, ph:ph + h, :, :pw] = 0
-        buf[:, ph:ph + h, :, pw + w:] = 0
-    buf[:, ph:ph + h, :, pw:pw + w] = x.transpose(1, 2, 0, 3)
+    src = x.transpose(1, 2, 0, 3)
+
+    def part(c0, c1):
+        b = buf[c0:c1]
+        if ph:  # only the border is zeroed: the interior is overwritten below
+            b[:, :ph] = 0
+            b[:, ph + h:] = 0
+        if pw:
+            b[:, ph:ph + h, :, :pw] = 0
+            b[:, ph:ph + h, :, pw + w:] = 0
+        b[:, ph:ph + h, :, pw:pw + w] = src[c0:c1]
+
+    _by_channel(c, part, buf)
     return buf
 
 
@@ -253,8 +293,12 @@ def _wcols(xl, kw: int, dw: int, ow: int, ws: Workspace):
     if kw == 1 and wp == ow:
         return xl.reshape(c, 1, hp, n, ow)
     col = ws.get("col", (c, kw, hp, n, ow), xl.dtype, _xp(xl))
-    for j in range(kw):
-        col[:, j] = xl[..., j * dw:j * dw + ow]
+
+    def part(c0, c1):
+        for j in range(kw):
+            col[c0:c1, j] = xl[c0:c1, ..., j * dw:j * dw + ow]
+
+    _by_channel(c, part, col)
     return col
 
 
@@ -295,11 +339,7 @@ def _correlate(col, wr, dh: int, oh: int, ws: Workspace):
 def _rows_to_nchw(rows, y, bias) -> None:
     """Rows (M, Oh, N, Ow) -> ``y`` (N, M, Oh, Ow), adding ``bias`` (M,) on the way."""
     n, m, oh, ow = y.shape
-    src = rows.reshape(m, oh, n, ow).transpose(2, 0, 1, 3)
-    if bias is None:
-        y[...] = src
-    else:
-        _xp(y).add(src, bias.reshape(1, m, 1, 1), out=y)
+    _rows_out(rows.reshape(m, oh, n, ow).transpose(2, 0, 1, 3), y, bias, _xp(y))
 
 
 def _fwd_rows(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:

@@ -308,6 +308,27 @@ def test_convolution_backward_reads_the_bottom_as_it_is_then(layout, dtype):
         assert p.diff.dtype == dtype
 
 
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_convolution_on_threads_equals_one_thread(layout, kind, monkeypatch):
+    """The layout copies, im2col and col2im split over channels on threads (forced here) give identical results."""
+    x, dy = gaussian((3, 4, 6, 5), 1), None
+    text = 'type: "%s" convolution_param { num_output: 6 kernel_size: 3 pad: 1 group: 2 %s }' % (kind, GAUSS)
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("PCN_THREADS", threads)
+        monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+        layer, b, t = setup_layer(text, x)
+        layer.blobs[0].data[...] = gaussian(layer.blobs[0].shape, 9)
+        layer.blobs[1].data[...] = gaussian(layer.blobs[1].shape, 8)
+        layer.forward(b, t)
+        dy = gaussian(t[0].shape, 4) if dy is None else dy
+        t[0].diff[...] = dy
+        layer.backward(t, [True], b)
+        results.append([t[0].data.copy(), b[0].diff.copy(), layer.blobs[0].diff.copy()])
+    for a, c in zip(*results):
+        np.testing.assert_array_equal(a, c)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_convolution_batch_chunking_gives_same_result(monkeypatch, layout, stride):
     x = gaussian((5, 3, 6, 6))
