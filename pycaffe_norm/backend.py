@@ -30,19 +30,39 @@ def set_mode_cpu() -> None:
     _mode = "cpu"
 
 
+def cupy_module():
+    """The CuPy module when it imports (with or without a device), else None."""
+    return _cupy
+
+
 def set_mode_gpu() -> None:
+    """Allocates new blobs on the current device (``set_device``); the mode stays unchanged when that fails."""
     global _mode
     if not cupy_available():
         raise RuntimeError("set_mode_gpu: CuPy with a CUDA device is needed (pip install 'pycaffe_norm[gpu]')")
+    try:
+        _cupy.cuda.Device(_device).use()
+    except Exception as e:  # noqa: BLE001 - CUDARuntimeError (bad id, device busy...) as a one-line error
+        raise RuntimeError("set_mode_gpu: cannot use CUDA device %d: %s"
+                           % (_device, " ".join(str(e).split()))) from None
     _mode = "gpu"
-    _cupy.cuda.Device(_device).use()
 
 
 def set_device(device_id: int) -> None:
     global _device
-    _device = int(device_id)
     if _mode == "gpu":
-        _cupy.cuda.Device(_device).use()
+        try:
+            _cupy.cuda.Device(int(device_id)).use()
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeError("set_device: cannot use CUDA device %d: %s" % (int(device_id),
+                                                                               " ".join(str(e).split()))) from None
+    _device = int(device_id)
+
+
+def seed_device(seed: int) -> None:
+    """Seeds CuPy's generator (Dropout's masks on the device) when CuPy is there."""
+    if _cupy is not None and cupy_available():
+        _cupy.random.seed(int(seed) & 0xFFFFFFFF)
 
 
 def mode() -> str:

@@ -28,6 +28,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from .. import parallel
+from . import cuda_kernels
 
 # Tests set this to True/False to force a layout; None picks by the cost estimate in ``choose_batch_last``.
 FORCE_BATCH_LAST: Optional[bool] = None
@@ -415,18 +416,24 @@ def _bwd_data_cols(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> 
 # --- the three products of a convolution, and Convolution/Deconvolution on them --------------------------
 def _forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
     """``y`` (N, M, *out) = x (N, C, *in) correlated with ``w`` (M, C/group, *kernel), plus ``bias``."""
+    if cuda_kernels.enabled(_xp(x)) and cuda_kernels.conv_applies(geom, x):  # one im2col launch + GEMM
+        return cuda_kernels.conv_forward(x, w, bias, y, geom, group, ws)
     rows = use_rows(geom, w.shape[1], w.shape[0] // group)
     (_fwd_rows if rows else _fwd_cols)(x, w, bias, y, geom, group, ws)
 
 
 def _weight_grad(x, dy, dw, geom: ConvGeometry, group: int, ws: Workspace) -> None:
     """``dw`` += the weight gradient of ``_forward`` for input ``x`` and top gradient ``dy``."""
+    if cuda_kernels.enabled(_xp(x)) and cuda_kernels.conv_applies(geom, x):
+        return cuda_kernels.conv_weight_grad(x, dy, dw, geom, group, ws)
     rows = use_rows(geom, dw.shape[1], dw.shape[0] // group)
     (_bwd_weight_rows if rows else _bwd_weight_cols)(x, dy, dw, geom, group, ws)
 
 
 def _data_grad(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> None:
     """``dx`` = the input gradient of ``_forward`` for top gradient ``dy`` (overwritten)."""
+    if cuda_kernels.enabled(_xp(dy)) and cuda_kernels.conv_applies(geom, dy):  # GEMM + one col2im launch
+        return cuda_kernels.conv_data_grad(dy, w, dx, geom, group, ws)
     # the full correlation runs over the top gradient padded by extent-1-pad: only when that is no more than the
     # forward's own padding (a "same" convolution), or the zeros cost more than the im2col path saves
     full = _full_pad(geom)
