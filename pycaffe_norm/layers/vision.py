@@ -11,6 +11,7 @@ from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
+from . import cuda_kernels
 from . import im2col as ic
 from .base import Layer, register
 
@@ -429,6 +430,8 @@ class PoolingLayer(Layer):
     def forward(self, bottom, top):
         x = bottom[0].data
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp):  # one launch, the argmax kept on the device
+            return cuda_kernels.pool_forward(self, bottom, top)
         y = top[0].data
         n, c, h, w = x.shape
         numpy = xp is np
@@ -503,6 +506,8 @@ class PoolingLayer(Layer):
         if not propagate_down[0]:
             return
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp):
+            return cuda_kernels.pool_backward(self, top, bottom)
         dy = top[0].diff
         dx = bottom[0].diff
         n, c, h, w = dx.shape
