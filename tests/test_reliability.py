@@ -134,6 +134,18 @@ def test_hdf5_weights_that_set_nothing_are_an_error(two, tmp_path):
         caffe.Net(model, str(path), caffe.TEST)
 
 
+def test_hdf5_weights_shape_is_checked_before_reading(two, tmp_path, capsys):
+    model, _, _ = two
+    path = tmp_path / "huge.caffemodel.h5"
+    with h5py.File(path, "w") as f:   # 4 TB of float32 declared, nothing stored: reading it would need them all
+        ip1 = f.create_group("data").create_group("ip1")
+        ip1.create_dataset("0", shape=(10 ** 6, 10 ** 6), dtype="f4", chunks=(1, 1000))
+        ip1.create_dataset("1", data=np.zeros(6, np.float32))
+    assert main(["test", "--model", model, "--weights", str(path), "--iterations", "1"]) == 2
+    line = error_line(capsys)
+    assert "layer 'ip1' parameter 0 has shape (6, 5) in the net but (1000000, 1000000) in the weights file" in line
+
+
 def test_data_h5_given_as_weights(two, tmp_path, capsys):
     model, _, _ = two
     path = tmp_path / "train.h5"

@@ -42,10 +42,11 @@ def _copy_into(net, layer_name: str, arrays_or_protos, source: str) -> None:
             except PcnError as e:
                 raise PcnError("%s: layer %r parameter %d: %s" % (source, layer_name, i, e)) from None
         else:
-            values = np.asarray(src)
-            if values.shape != blob.shape:
+            shape = tuple(getattr(src, "shape", np.shape(src)))   # an h5py dataset: checked before it is read
+            if shape != blob.shape:
                 raise ShapeError("%s: layer %r parameter %d has shape %s in the net but %s in the weights file"
-                                 % (source, layer_name, i, blob.shape, values.shape))
+                                 % (source, layer_name, i, blob.shape, shape))
+            values = np.asarray(src)
         blob.data[...] = blob.xp.asarray(values, dtype=blob.dtype)
 
 
@@ -171,7 +172,7 @@ def load_hdf5(net, path: str) -> None:
                 for i in range(len(group)):
                     if str(i) not in group:
                         raise PcnError("%s: /data/%s has no blob %d (its blobs are named 0, 1, ...)" % (path, name, i))
-                    arrays.append(group[str(i)][...])
+                    arrays.append(group[str(i)])   # read by _copy_into once its shape is checked
                 _copy_into(net, name, arrays, path)
                 if arrays:
                     copied.add(name)

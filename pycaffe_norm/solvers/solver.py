@@ -10,7 +10,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from .. import backend, prototxt
+from .. import backend, distributed, prototxt
 from ..blob import Blob
 from ..data.paths import resolve_path
 from ..errors import DivergenceError, PcnError
@@ -85,9 +85,9 @@ def check_snapshot_prefix(prefix: str) -> None:
     remove_stale_temporaries(prefix)
 
 
-def _read_state_hdf5(path: str):
-    """(iter, current_step, learned_net, history arrays) of an HDF5 solver state; anything unexpected in the file
-    is a one-line error naming it."""
+def _read_state_hdf5(path: str, sizes: List[int]):
+    """(iter, current_step, learned_net, history arrays) of an HDF5 solver state whose history blobs have ``sizes``
+    values (checked before they are read); anything unexpected in the file is a one-line error naming it."""
     import h5py
 
     if not os.path.exists(path):
@@ -103,7 +103,16 @@ def _read_state_hdf5(path: str):
             learned = f["learned_net"][()]
             learned = learned.decode() if isinstance(learned, bytes) else str(learned)
             group = f["history"]
-            history = [np.asarray(group[str(i)][...], dtype=np.float64) for i in range(len(group))]
+            if len(group) != len(sizes):
+                raise PcnError("%s: %d history blobs, but this solver and net need %d (a different net or solver "
+                               "type?)" % (path, len(group), len(sizes)))
+            history = []
+            for i, size in enumerate(sizes):
+                blob = group[str(i)]
+                if blob.size != size:
+                    raise PcnError("%s: history blob %d has %d values where the net's parameter has %d"
+                                   % (path, i, blob.size, size))
+                history.append(np.asarray(blob[...], dtype=np.float64))
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, UnicodeDecodeError) as e:
         raise PcnError("%s: cannot read as an HDF5 solver state (%s)" % (path, " ".join(str(e).split()))) from None
     return it, step, learned, history
@@ -134,6 +143,11 @@ class Solver:
         # Caffe trains on through NaN and infinity; pcn stops at the first non-finite loss or parameter unless
         # this is True (pcn train --allow_nan).
         self.allow_nan = False
+        # Data parallelism (pycaffe_norm.distributed): Caffe's Solver::Callback list (on_start,
+        # on_gradients_ready) and the DataParallel object that averages the loss and agrees on requests.
+        self._callbacks: list = []
+        self.parallel = None
+        self._pass_index = 0
         self.check_param()
         if param.snapshot > 0:
             check_snapshot_prefix(param.snapshot_prefix)
@@ -273,14 +287,19 @@ class Solver:
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
-                self.test_all()
+                if distributed.root_solver():    # as Caffe: only rank 0 tests
+                    self.test_all()
                 if self.requested_early_exit:
                     break
+            for cb in self._callbacks:
+                cb.on_start()
             display = p.display and self.iter % p.display == 0
             loss = 0.0
-            for _ in range(max(int(p.iter_size), 1)):
+            for self._pass_index in range(max(int(p.iter_size), 1)):
                 loss += self.net.forward_backward()
             loss /= max(int(p.iter_size), 1)
+            if self.parallel is not None:   # the mean over ranks (Caffe shows rank 0's own) and the agreed request
+                loss, request = self.parallel.agree(loss, self._requested_action)
             self._update_smoothed_loss(loss, start_iter, average_loss)
             if display:
                 lapse = time.perf_counter() - timer
@@ -289,13 +308,16 @@ class Solver:
                 log.debug("Iteration %d: %.3g iter/s", self.iter, speed)
                 timer, last_iter = time.perf_counter(), self.iter
                 self._log_outputs(self.net, "Train", None)
+            for cb in self._callbacks:
+                cb.on_gradients_ready()
             if not self.allow_nan and not (math.isfinite(loss) and self._finite("diff")):
                 raise DivergenceError(self._divergence_message(loss))
             self.apply_update()
             if not self.allow_nan and not self._finite("data"):
                 raise DivergenceError(self._divergence_message(loss, in_update=True))
             self.iter += 1
-            request = self._requested_action()
+            if self.parallel is None:
+                request = self._requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
                 self.snapshot()
             if request == "stop":
@@ -337,6 +359,23 @@ class Solver:
         return ("training diverged at iteration %d: the loss is %.6g and the first non-finite value is in %s; "
                 "lower base_lr or clip_gradients, or pass --allow_nan (solver.allow_nan = True) to train on as "
                 "Caffe does" % (self.iter, loss, where or "no layer output or parameter"))
+
+    def add_callback(self, on_start, on_gradients_ready=None) -> None:
+        """pycaffe's ``solver.add_callback``: an object with ``on_start()`` and ``on_gradients_ready()`` (as
+        ``caffe.NCCL``), or two callables; called before each iteration's passes and before its update."""
+        if on_gradients_ready is None:
+            if not (hasattr(on_start, "on_start") and hasattr(on_start, "on_gradients_ready")):
+                raise PcnError("add_callback takes an object with on_start and on_gradients_ready (caffe.NCCL) "
+                               "or two callables")
+            self._callbacks.append(on_start)
+            return
+
+        class _Pair:
+            pass
+
+        pair = _Pair()
+        pair.on_start, pair.on_gradients_ready = on_start, on_gradients_ready
+        self._callbacks.append(pair)
 
     def _requested_action(self) -> str:
         return self.action_request() if self.action_request is not None else "none"
@@ -382,9 +421,11 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0:
             loss = self.net.forward_loss()
+            if self.parallel is not None:
+                loss = self.parallel.mean(loss)
             self._update_smoothed_loss(loss, start_iter, max(int(p.average_loss), 1))
             log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and self.iter % p.test_interval == 0 and distributed.root_solver():
             self.test_all()
         log.info("Optimization Done.")
 
@@ -403,7 +444,8 @@ class Solver:
         sums = {}
         loss = 0.0
         for _ in range(n):
-            request = self._requested_action()
+            # with data parallelism all ranks act on requests together, after an iteration
+            request = self._requested_action() if self.parallel is None else "none"
             while request != "none":     # as Caffe: act on every pending request before the next batch
                 if request == "snapshot":
                     self.snapshot()
@@ -482,6 +524,8 @@ class Solver:
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         model = self.snapshot_filename(".caffemodel.h5" if hdf5 else ".caffemodel")
         state = self.snapshot_filename(".solverstate.h5" if hdf5 else ".solverstate")
+        if not distributed.root_solver():   # with data parallelism rank 0 alone writes snapshots
+            return state
         if os.path.exists(model) and not self._finite("data"):   # only reachable with allow_nan
             log.warning("Not snapshotting: the weights are not finite and %s already exists", model)
             return state
@@ -515,7 +559,7 @@ class Solver:
         """Continues from a .solverstate(.h5): iteration, learning-rate step, history and the learned weights."""
         state_file = os.fspath(state_file)
         if state_file.endswith(".h5"):
-            it, step, learned, history = _read_state_hdf5(state_file)
+            it, step, learned, history = _read_state_hdf5(state_file, [h.count for h in self.history])
         else:
             msg = prototxt.read_binary(state_file, caffe_pb2.SolverState(), "solver state file")
             it, step, learned = msg.iter, msg.current_step, msg.learned_net
