@@ -145,13 +145,57 @@ def _mean_file(dataset: str, data: Dict[str, str], lp) -> str:
     return placeholder
 
 
+def _label_source(source: str, data: Dict[str, str], lp) -> str:
+    """The label database of MyCaffe's ``label_type: MULTIPLE`` source: ``--data SOURCE.label=PATH``, the one
+    database under the ``--data DATASET`` folder whose name holds the split and "label", or a placeholder."""
+    dataset = upgrade.dataset_name(source)
+    split = "test" if source.endswith(".testing") else "train"
+    if source + ".label" in data:
+        return data[source + ".label"]
+    folder = data.get(dataset)
+    if folder and os.path.isdir(folder):
+        found = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                 if split in n.lower() and "label" in n.lower() and os.path.isdir(os.path.join(folder, n))]
+        if len(found) == 1:
+            return found[0]
+    placeholder = "%s_%s_label_lmdb" % (dataset.lower().replace("-", "_").replace(" ", "_"), split)
+    log.warning("layer %r: the label arrays of %r (label_type MULTIPLE) have no --data %s.label=PATH; the ported "
+                "label layer reads the placeholder %r: make it with %s (one label image per image, in the same "
+                "order)", lp.name, source, source, placeholder, DEFAULT_CONVERTER)
+    return placeholder
+
+
+def _split_label_layer(lp, source: str, data: Dict[str, str]):
+    """MyCaffe's label_type MULTIPLE as Caffe's FCN examples feed it: a second Data layer reading a label database
+    aligned with the image database (no transform: MyCaffe does not transform these labels)."""
+    if lp.transform_param.crop_size or lp.transform_param.mirror:
+        raise PcnError("layer %r: data_param.label_type MULTIPLE with crop_size or mirror: random crops and mirrors "
+                       "cannot be kept aligned with a separate label database" % lp.name)
+    label = caffe_pb2.LayerParameter(name=lp.name + "_label", type="Data", top=[lp.top[1]])
+    label.include.extend(lp.include)
+    label.exclude.extend(lp.exclude)
+    label.data_param.source = _label_source(source, data, lp)
+    label.data_param.batch_size = lp.data_param.batch_size
+    label.data_param.backend = caffe_pb2.DataParameter.LMDB
+    del lp.top[1:]
+    log.info("layer %r: label_type MULTIPLE (MyCaffe) read from the label database %r by layer %r", lp.name,
+             label.data_param.source, label.name)
+    return label
+
+
 def _imagedb_to_lmdb(param: caffe_pb2.NetParameter, data: Dict[str, str]) -> None:
     """MyCaffe's image-database Data layers become LMDB Data layers (and their image-database mean a mean_file)."""
+    layers = []
     for lp in param.layer:
+        layers.append(lp)
         if not (lp.HasField("data_param") and lp.data_param.backend == caffe_pb2.DataParameter.IMAGEDB):
             continue
         dp = lp.data_param
         source = dp.source
+        if dp.label_type == caffe_pb2.DataParameter.MULTIPLE:
+            if len(lp.top) > 1:
+                layers.append(_split_label_layer(lp, source, data))
+            dp.ClearField("label_type")
         dp.source = _data_source(source, data, lp)
         dp.backend = caffe_pb2.DataParameter.LMDB
         dp.ClearField("enable_random_selection")
@@ -160,6 +204,8 @@ def _imagedb_to_lmdb(param: caffe_pb2.NetParameter, data: Dict[str, str]) -> Non
             tp.mean_file = _mean_file(upgrade.dataset_name(source), data, lp)
             tp.ClearField("use_imagedb_mean")
         log.info("layer %r: MyCaffe image database %r -> LMDB %r", lp.name, source, dp.source)
+    del param.layer[:]
+    param.layer.extend(layers)
 
 
 def _freeze(lp: caffe_pb2.LayerParameter) -> None:
@@ -229,6 +275,9 @@ def port_net(param: caffe_pb2.NetParameter, data: Optional[Dict[str, str]] = Non
     buildable.layer.extend(lp for lp in out.layer if lp.name not in refused)
     try:
         _imagedb_to_lmdb(buildable, data or {})
+    except PcnError as e:
+        problems.append(str(e))
+    try:
         if not bad_types and not problems:
             buildable = upgrade.upgrade_net(buildable)
         else:

@@ -397,6 +397,13 @@ def _upgrade_mycaffe_layer(lp: caffe_pb2.LayerParameter) -> list:
                           "is MyCaffe's image database (source %r), which pcn cannot read; port the file with "
                           "`pcn port IN -o OUT --data %s=PATH` (an LMDB Data layer), or replace the layer by an "
                           "Input, HDF5Data or LMDB Data layer" % (data.source, dataset_name(data.source)))
+        if data.label_type not in (caffe_pb2.DataParameter.SINGLE, caffe_pb2.DataParameter.MULTIPLE):
+            raise _refuse(lp, "data_param.label_type %s" % caffe_pb2.DataParameter.LabelType.Name(data.label_type),
+                          "(MyCaffe's scored labels) is not supported")
+        if data.label_type == caffe_pb2.DataParameter.MULTIPLE and len(lp.top) > 1:
+            raise _refuse(lp, "data_param.label_type MULTIPLE", "reads a label array stored with each image; port "
+                          "the file with `pcn port`, which reads the labels from a second database")
+        data.ClearField("label_type")
         if data.HasField("enable_random_selection"):
             ignored.append(where + "data_param.enable_random_selection")
             data.ClearField("enable_random_selection")
@@ -512,10 +519,6 @@ MYCAFFE_EXTRA_FIELDS = {
         "False", "with one label per item",
         "gives both class labels of an image pair, which a Caffe Data layer cannot; write a pair database whose "
         "label is the match (0 or 1) and set it False"),
-    ("DataParameter", "label_type"): _only_value(
-        "SINGLE", "one label per image, as Caffe's Data layer gives",
-        "reads per-item label data from MyCaffe's image database, which a Caffe Data layer cannot; use a second "
-        "Data layer over a label database"),
     ("ContrastiveLossParameter", "output_matches"): _only_value(
         "False", "no match output",
         "adds MyCaffe's match output top, which pcn's ContrastiveLoss does not have"),

@@ -306,3 +306,63 @@ def test_docs_layer_table_claims_only_registered_types():
     claimed = re.findall(r"^\| [A-Z0-9_]+ \| `[^`]+` \| .*?pcn `([^`]+)`", text, flags=re.M)
     assert len(claimed) > 50
     assert set(claimed) <= set(caffe.layer_type_list())
+
+
+SEGMENTATION = """name: "seg"
+layer
+{
+   name: "data"
+   type: "Data"
+   top: "data"
+   top: "label"
+   transform_param
+   {
+      scale: 0.5
+      %s
+   }
+   data_param
+   {
+      source: "VOC.training"
+      batch_size: 3
+      backend: IMAGEDB
+      label_type: MULTIPLE
+   }
+}
+layer
+{
+   name: "score"
+   type: "Convolution"
+   bottom: "data"
+   top: "score"
+   convolution_param
+   {
+      num_output: 2
+      kernel_size: 1
+   }
+}
+layer
+{
+   name: "loss"
+   type: "SoftmaxWithLoss"
+   bottom: "score"
+   bottom: "label"
+   top: "loss"
+}
+"""
+
+
+def test_label_arrays_come_from_an_aligned_label_database(tmp_path, capsys):
+    src = tmp_path / "seg.prototxt"
+    src.write_text(SEGMENTATION % "")
+    out = _port(tmp_path, src, "--data", "VOC.training=/db/img", "--data", "VOC.training.label=/db/lbl")
+    param = prototxt.read_text(out, caffe_pb2.NetParameter())
+    data, label = param.layer[0], param.layer[1]
+    assert (list(data.top), data.data_param.source) == (["data"], "/db/img")
+    assert (label.name, list(label.top), label.data_param.source, label.data_param.batch_size) == \
+           ("data_label", ["label"], "/db/lbl", 3)
+    assert not label.HasField("transform_param") and not data.data_param.HasField("label_type")
+    with pytest.raises(caffe.errors.NetError, match="pcn port"):
+        caffe.Net(str(src), caffe.TRAIN)
+    src.write_text(SEGMENTATION % "crop_size: 2")
+    assert main(["port", str(src), "-o", str(tmp_path / "o2.prototxt")]) == 2
+    assert "cannot be kept aligned" in _error_line(capsys)

@@ -94,8 +94,11 @@ def with_inputs(param: caffe_pb2.NetParameter, batch: int) -> Tuple[caffe_pb2.Ne
         new.include.extend(lp.include)
         new.exclude.extend(lp.exclude)
         shape = data_shape(lp, batch)
+        is_label = "label" in lp.data_param.source.lower()   # a label-image database (port's label_type MULTIPLE)
+        if is_label:
+            shape = shape[:1] + (1,) + shape[2:]
         new.input_param.shape.add(dim=shape)
-        kinds[lp.top[0]] = "data"
+        kinds[lp.top[0]] = "label" if is_label else "data"
         for top in lp.top[1:]:
             new.input_param.shape.add(dim=(batch,))
             kinds[top] = "label"
