@@ -7,6 +7,7 @@ messages, so log parsers written for Caffe read them. Errors in the user's files
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -149,9 +150,39 @@ def _need_file(path: str, what: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
+    comm = _distributed().init()   # several ranks under mpirun/srun; None in a single process
+    if comm is None:
+        return _train(args, None)
+    if comm.rank != 0:      # rank 0 alone logs, as in Caffe; the others report warnings and errors
+        log.setLevel(max(log.level, logging.WARNING))
+    try:
+        return _train(args, comm)
+    except BaseException as e:    # the other ranks would wait for this one for ever: end them all
+        if isinstance(e, SystemExit) and not e.code:
+            raise
+        if isinstance(e, (PcnError, OSError)):
+            message = _one_line(e if isinstance(e, PcnError) else _os_error_message(e))
+            print("pcn: error: rank %d of %d: %s" % (comm.rank, comm.size, message), file=sys.stderr)
+        else:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.flush()
+        comm.comm.Abort(EXIT_USER_ERROR if isinstance(e, (PcnError, OSError)) else 1)
+        raise
+
+
+def _distributed():
+    from . import distributed
+
+    return distributed
+
+
+def _train(args: argparse.Namespace, comm) -> int:
     from .data.paths import search_dirs
     from .progress import ProgressLine
     from .proto import caffe_pb2
+    from .random import set_random_seed
     from .solvers import get_solver, read_solver_param
 
     if args.weights and args.snapshot:
@@ -165,13 +196,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         param.train_state.level = args.level
     param.train_state.stage.extend(_split_list(args.stage))
     _use_device(args.gpu, param.solver_mode == caffe_pb2.SolverParameter.GPU, param.device_id)
+    if comm is not None:    # the same seed everywhere: same initial weights and data shuffles (disjoint shares)
+        param.random_seed = _distributed().shared_seed(comm, param.random_seed)
+        log.info("Data parallel training: %d ranks, each with batches of the solver's size (solver_count %d)",
+                 comm.size, comm.size)
     with search_dirs(*_data_dirs(args.solver)):
         log.info("Starting Optimization")
         solver = get_solver(args.solver, param)
         solver.allow_nan = args.allow_nan
         if args.weights and not args.snapshot:
             _copy_weights([solver.net] + list(solver.test_nets), args.weights)
-        with _SignalActions(solver, args.sigint_effect, args.sighup_effect), ProgressLine(solver):
+        if comm is not None:
+            parallel = _distributed().DataParallel(solver, comm)
+            parallel.bcast()
+            solver.add_callback(parallel)
+            solver.net.after_backward(parallel)     # Caffe's layer_wise_reduce: sums start during backward
+            set_random_seed(param.random_seed + comm.rank)   # per-rank draws from here on (Dropout), as P2PSync
+        with _SignalActions(solver, args.sigint_effect, args.sighup_effect, comm), \
+                ProgressLine(solver) if comm is None or comm.rank == 0 else contextlib.nullcontext():
             if args.snapshot:
                 log.info("Resuming from %s", args.snapshot)
                 solver.solve(resume_file=args.snapshot)
@@ -184,17 +226,19 @@ class _SignalActions:
     """caffe train's signal handling: SIGINT and SIGHUP request "stop", "snapshot" or "none" of the solver,
     which acts on it after the current iteration. A second SIGINT while a stop is pending aborts at once."""
 
-    def __init__(self, solver, sigint_effect: str, sighup_effect: str):
+    def __init__(self, solver, sigint_effect: str, sighup_effect: str, comm=None):
         self.solver = solver
         self.effects = {signal.SIGINT: sigint_effect}
         if hasattr(signal, "SIGHUP"):
             self.effects[signal.SIGHUP] = sighup_effect
+        if comm is not None:    # Open MPI's mpirun passes a Ctrl-C on to the ranks as SIGTERM
+            self.effects[signal.SIGTERM] = sigint_effect
         self.pending: List[str] = []
         self.previous = {}
 
     def _handle(self, signum, frame) -> None:
         effect = self.effects[signum]
-        if signum == signal.SIGINT and "stop" in self.pending:
+        if signum in (signal.SIGINT, getattr(signal, "SIGTERM", None)) and "stop" in self.pending:
             raise KeyboardInterrupt
         if effect != "none":
             log.info("Caught %s: requesting %s", signal.Signals(signum).name, effect)
@@ -467,9 +511,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             message = _one_line(e)
         except OSError as e:  # a user's path: missing, unreadable, a directory, a full disk
             message = _one_line(_os_error_message(e))
-        except MemoryError as e:  # a working buffer beyond the blobs that Net checks before allocating
-            message = _one_line("out of memory%s: the model's shapes are too large for this machine"
-                                % (" (%s)" % e if str(e) else ""))
         except MemoryError as e:  # a working buffer beyond the blobs that Net checks before allocating
             message = _one_line("out of memory%s: the model's shapes are too large for this machine"
                                 % (" (%s)" % e if str(e) else ""))

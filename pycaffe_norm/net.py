@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional
 
 import numpy as np
 
@@ -464,17 +464,49 @@ class Net:
         loss = 0.0
         for i in range(start, end + 1):
             layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+            for fn in self._before_forward:
+                fn(i)
             layer.reshape(bottom, top)
             layer.forward(bottom, top)
             for t, w in zip(top, self.top_loss_weights[i]):
                 if w:
                     loss += float((t.data * t.diff).sum())
+            for fn in self._after_forward:
+                fn(i)
         return loss
 
     def _backward(self, start: int, end: int) -> None:
         for i in range(start, end - 1, -1):
+            for fn in self._before_backward:
+                fn(i)
             if self.layer_need_backward[i]:
                 self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+            for fn in self._after_backward:
+                fn(i)
+
+    # Caffe's Net::Callback lists, called with the layer index around every layer's pass (pycaffe's
+    # net.before_forward(fn) ...; caffe.NCCL registers itself with after_backward to sum gradients early).
+    _before_forward: tuple = ()
+    _after_forward: tuple = ()
+    _before_backward: tuple = ()
+    _after_backward: tuple = ()
+
+    def _add_hook(self, name: str, fn: Callable[[int], None]) -> None:
+        if not callable(fn):
+            raise PcnError("net.%s takes a callable of the layer index, got %r" % (name[1:], fn))
+        setattr(self, name, tuple(getattr(self, name)) + (fn,))
+
+    def before_forward(self, fn: Callable[[int], None]) -> None:
+        self._add_hook("_before_forward", fn)
+
+    def after_forward(self, fn: Callable[[int], None]) -> None:
+        self._add_hook("_after_forward", fn)
+
+    def before_backward(self, fn: Callable[[int], None]) -> None:
+        self._add_hook("_before_backward", fn)
+
+    def after_backward(self, fn: Callable[[int], None]) -> None:
+        self._add_hook("_after_backward", fn)
 
     def _named_blob(self, name: str) -> Blob:
         if name not in self._blob_index:

@@ -8,6 +8,7 @@ from typing import List
 
 import numpy as np
 
+from .. import distributed
 from ..data.db import open_reader
 from ..data.paths import candidates, resolve_path
 from ..data.transformer import DataTransformer, decode_image, read_image, read_image_list
@@ -76,6 +77,7 @@ class HDF5DataLayer(Layer):
         self.files = self._read_list(self.source)
         self._row_counts = {}
         self._seed = int(rng().randint(0, 2**31 - 1)) if self.shuffle else 0
+        self._shard = _shard(self)
         self._reset()
         for t, arr in zip(top, self._arrays):
             t.reshape((self.batch_size,) + arr.shape[1:])
@@ -184,6 +186,7 @@ class HDF5DataLayer(Layer):
         self._current_file = 0
         self._start_file(load=True)
         self._row = 0
+        self._offset = 0    # rows served or skipped since setup: the position in the stream all ranks share
 
     def _start_file(self, load: bool) -> None:
         index = int(self._file_order[self._current_file])
@@ -211,7 +214,8 @@ class HDF5DataLayer(Layer):
     def restore_position(self, batches: int) -> None:
         """Puts the layer where it would be after ``batches`` forward passes from setup (used by Solver.restore)."""
         self._reset()
-        remaining = int(batches) * self.batch_size
+        remaining = int(batches) * self.batch_size * (self._shard[1] if self._shard else 1)
+        self._offset = remaining
         while remaining > 0:
             take = min(remaining, self._num_rows - self._row)
             self._row += take
@@ -227,6 +231,9 @@ class HDF5DataLayer(Layer):
         pass  # tops are shaped once in setup, as in Caffe
 
     def forward(self, bottom, top):
+        if self._shard:
+            self._forward_share(top)
+            return
         filled = 0
         while filled < self.batch_size:
             take = min(self.batch_size - filled, self._num_rows - self._row)
@@ -241,6 +248,23 @@ class HDF5DataLayer(Layer):
             self._row += take
             if self._row == self._num_rows:
                 self._end_of_file(load=True)
+
+    def _forward_share(self, top) -> None:
+        """This rank's rows: those at stream positions ``rank``, ``rank + count``, ... (Caffe's Skip())."""
+        rank, count = self._shard
+        for i in range(self.batch_size):
+            while self._offset % count != rank:
+                self._next_row()
+            row = int(self._perm[self._row])
+            for t, arr in zip(top, self._arrays):
+                _copy_to_top(t.data[i:i + 1], arr[row:row + 1], t.xp)
+            self._next_row()
+
+    def _next_row(self) -> None:
+        self._row += 1
+        self._offset += 1
+        if self._row == self._num_rows:
+            self._end_of_file(load=True)
 
     def backward(self, top, propagate_down, bottom):
         pass
@@ -305,11 +329,24 @@ class DummyDataLayer(Layer):
         pass
 
 
-def _copy_to_top(t, arr: np.ndarray) -> None:
-    if t.xp is np:
+def _copy_to_top(t, arr: np.ndarray, xp=None) -> None:
+    """Copies ``arr`` into the top blob ``t`` (or, with ``xp`` given, into the array ``t`` of that module)."""
+    if xp is not None:
+        t[...] = arr if xp is np else xp.asarray(arr)
+    elif t.xp is np:
         t.data[...] = arr
     else:
         t.data[...] = t.xp.asarray(arr)
+
+
+def _shard(layer: Layer):
+    """(rank, count) when ``layer`` reads one share of its records (a TRAIN net of several solvers), else None."""
+    if not distributed.sharded(layer.phase):
+        return None
+    rank, count = distributed.solver_rank(), distributed.solver_count()
+    log.info("layer %r: solver %d of %d reads records %d, %d, ... of every %d", layer.name, rank, count, rank,
+             rank + count, count)
+    return rank, count
 
 
 class _TransformingDataLayer(Layer):
@@ -364,6 +401,8 @@ class DataLayer(_TransformingDataLayer):
         self._skip = int(rng().randint(0, p.rand_skip)) if p.rand_skip else 0
         if self._skip:
             log.info("Skipping first %d data points.", self._skip)
+        self._shard = _shard(self)
+        self._offset = 0    # records read or skipped since the skip: the position in the stream all ranks share
         self._seek(self._skip)
         first = self._datum_array(*self._peek())
         self._item_shape = first.shape
@@ -390,6 +429,7 @@ class DataLayer(_TransformingDataLayer):
         return self._reader.key(), self._reader.value()
 
     def _next(self) -> None:
+        self._offset += 1
         if self._reader.next():
             log.debug("layer %r: Restarting data prefetching from start.", self.name)
 
@@ -418,7 +458,8 @@ class DataLayer(_TransformingDataLayer):
     # --- position -----------------------------------------------------------------------------------------
     def restore_position(self, batches: int) -> None:
         """Puts the layer where it would be after ``batches`` forward passes from setup (used by Solver.restore)."""
-        self._seek(self._skip + int(batches) * self.batch_size)
+        self._offset = int(batches) * self.batch_size * (self._shard[1] if self._shard else 1)
+        self._seek(self._skip + self._offset)
         self.transformer.skip(batches, self.batch_size, *self._item_shape[1:])
 
     # --- verbs --------------------------------------------------------------------------------------------
@@ -426,6 +467,8 @@ class DataLayer(_TransformingDataLayer):
         datum = caffe_pb2.Datum()
         items, labels = [], np.empty(self.batch_size, dtype=np.float32)
         for i in range(self.batch_size):
+            while self._shard and self._offset % self._shard[1] != self._shard[0]:
+                self._next()    # another rank's record (Caffe's DataLayer::Skip)
             key, value = self._peek()
             arr = self._datum_array(key, value, datum)
             if arr.shape != self._item_shape:
@@ -479,6 +522,7 @@ class ImageDataLayer(_TransformingDataLayer):
                 raise NetError("layer %r (ImageData): rand_skip drew %d but %s lists only %d images"
                                % (self.name, self._skip, self.source, len(self.lines)))
             log.info("Skipping first %d data points.", self._skip)
+        self._shard = _shard(self)
         self._reset()
         first = self._load(self._order[self._pos])
         self._item_shape = first.shape
@@ -506,8 +550,10 @@ class ImageDataLayer(_TransformingDataLayer):
         if self.shuffle:
             self._rng.shuffle(self._order)
         self._pos = self._skip
+        self._offset = 0    # lines read or skipped since the skip: the position in the stream all ranks share
 
     def _advance(self) -> None:
+        self._offset += 1
         self._pos += 1
         if self._pos >= len(self.lines):
             log.debug("layer %r: Restarting data prefetching from start.", self.name)
@@ -519,17 +565,20 @@ class ImageDataLayer(_TransformingDataLayer):
         """Puts the layer where it would be after ``batches`` forward passes from setup (used by Solver.restore)."""
         self._reset()
         n = len(self.lines)
-        remaining = int(batches) * self.batch_size
+        total = remaining = int(batches) * self.batch_size * (self._shard[1] if self._shard else 1)
         while remaining > 0:  # whole passes at a time: only the reshuffles need replaying
             take = min(remaining, n - self._pos)
             self._pos += take - 1
             remaining -= take
             self._advance()
+        self._offset = total
         self.transformer.skip(batches, self.batch_size, *self._item_shape[1:])
 
     def forward(self, bottom, top):
         items, labels = [], np.empty(self.batch_size, dtype=np.float32)
         for i in range(self.batch_size):
+            while self._shard and self._offset % self._shard[1] != self._shard[0]:
+                self._advance()    # another rank's image
             index = int(self._order[self._pos])
             img = self._load(index)
             if img.shape != self._item_shape:
