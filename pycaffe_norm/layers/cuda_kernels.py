@@ -679,13 +679,10 @@ def l2norm_forward(layer, bottom, top, eps: float, safe: bool, scale=None) -> No
     s = x.size // max(n * c, 1)
     dt = x.dtype.type
     norm = cp.empty((n, 1, s), dtype=x.dtype)
-    if safe:
-        out = x.copy() if top[0] is bottom[0] else top[0].data
+    if safe:  # each thread reads its whole column before writing it: in place is safe
         _launch("l2norm", "l2norm_channels", n * s, x.dtype,
-                (x, out, norm, x, _n(n * s), _i(c), _i(s), dt(eps), _i(1), _i(0)))
+                (x, top[0].data, norm, x, _n(n * s), _i(c), _i(s), dt(eps), _i(1), _i(0)))
         layer._inv = norm
-        if out is not top[0].data:
-            top[0].data[...] = out
         return
     xhat = cp.empty((n, c, s), dtype=x.dtype)
     _launch("l2norm", "l2norm_channels", n * s, x.dtype,

@@ -16,6 +16,7 @@ from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
+from . import cuda_kernels
 from .base import TEST, Layer, register
 
 logger = logging.getLogger("pycaffe_norm")
@@ -173,8 +174,8 @@ class BatchNormLayer(Layer):
         m = x3.shape[0] * x3.shape[2]
         self._rd = None
         if self.use_global_stats:
-            s = float(self.blobs[2].data.reshape(-1)[0])
-            factor = dt(0 if s == 0 else 1 / s)
+            s = self.blobs[2].data.reshape(-1)[:1]      # 1/S, or 0 when S is 0, on the device: no host sync
+            factor = xp.where(s == 0, dt(0), dt(1) / xp.where(s == 0, dt(1), s))
             mean = self.blobs[0].data * factor
             var = self.blobs[1].data * factor
         else:
@@ -281,6 +282,8 @@ def _buffer(layer: Layer, name: str, xp, shape, dtype):
 def _chan_sum(xp, a):
     """Sum over axes 0 and 2 of an (N, C, S) array -> (C,): per-(n, c) BLAS dot products with ones (as
     Caffe's gemv), then over n."""
+    if cuda_kernels.enabled(xp):  # one block per channel
+        return cuda_kernels.chan_dot(a)
     if a.shape[2] == 1:
         return a[:, :, 0].sum(axis=0)
     return xp.matmul(a[:, :, None, :], xp.ones((a.shape[2], 1), dtype=a.dtype))[:, :, 0, 0].sum(axis=0)
@@ -288,6 +291,8 @@ def _chan_sum(xp, a):
 
 def _chan_dot(xp, a, b):
     """Sum over axes 0 and 2 of a*b for (N, C, S) arrays -> (C,): per-(n, c) dot products, then over n."""
+    if cuda_kernels.enabled(xp):
+        return cuda_kernels.chan_dot(a, b)
     if a.shape[2] == 1:
         return xp.einsum("nc,nc->c", a[:, :, 0], b[:, :, 0])
     return xp.matmul(a[:, :, None, :], b[:, :, :, None])[:, :, 0, 0].sum(axis=0)
@@ -339,6 +344,8 @@ class LRNLayer(Layer):
 
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp):  # window sums and output in two launches
+            return cuda_kernels.lrn_forward(self, bottom, top)
         x = bottom[0].data
         if not self.within:
             x = x.reshape(x.shape[0], x.shape[1], -1)
@@ -360,6 +367,8 @@ class LRNLayer(Layer):
         if not propagate_down[0]:
             return
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp):
+            return cuda_kernels.lrn_backward(self, top, bottom)
         shape = self._scale.shape
         x = self._x_saved if self._x_saved is not None else bottom[0].data.reshape(shape)
         dy = top[0].diff.reshape(shape)
@@ -478,7 +487,9 @@ class Normalization1Layer(Layer):
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
         xp = bottom[0].xp
         x = bottom[0].data.reshape(bottom[0].shape[0], -1)
-        if self.l1:
+        if cuda_kernels.enabled(xp):  # one block per sample
+            norm = (cuda_kernels.row_dot(x, absolute=True) if self.l1 else xp.sqrt(cuda_kernels.row_dot(x, x)))[:, None]
+        elif self.l1:
             norm = xp.abs(x).sum(axis=1, keepdims=True)
         else:
             norm = xp.sqrt(xp.einsum("nd,nd->n", x, x))[:, None]
@@ -492,7 +503,7 @@ class Normalization1Layer(Layer):
         n = bottom[0].shape[0]
         dy = top[0].diff.reshape(n, -1)
         y = top[0].data.reshape(n, -1)
-        dot = xp.einsum("nd,nd->n", dy, y)[:, None]
+        dot = (cuda_kernels.row_dot(dy, y) if cuda_kernels.enabled(xp) else xp.einsum("nd,nd->n", dy, y))[:, None]
         # L2: (dy - y*sum(dy*y))/||x||;  L1: (dy - sign(x)*sum(dy*y))/sum|x|  (sign(x) = sign(y))
         dx = dy - (xp.sign(y) if self.l1 else y) * dot
         dx *= self._inv
@@ -526,6 +537,8 @@ class GRNLayer(Layer):
 
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp):  # one launch: each thread normalises one (n, s) column
+            return cuda_kernels.l2norm_forward(self, bottom, top, 0.0, safe=True)
         x = bottom[0].data.reshape(_as_ncs(self, bottom[0]))
         norm = xp.sqrt(xp.einsum("ncs,ncs->ns", x, x))[:, None, :]
         self._inv = _safe_reciprocal(xp, norm)
@@ -535,6 +548,8 @@ class GRNLayer(Layer):
         if not propagate_down[0]:
             return
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp):
+            return cuda_kernels.l2norm_backward(self, top, bottom, safe=True)
         shape = _as_ncs(self, bottom[0])
         dy = top[0].diff.reshape(shape)
         y = top[0].data.reshape(shape)
@@ -605,6 +620,8 @@ class NormalizeLayer(Layer):
 
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp) and not self.across_spatial:
+            return cuda_kernels.l2norm_forward(self, bottom, top, self.eps, safe=False, scale=self._scale3())
         x = bottom[0].data.reshape(_as_ncs(self, bottom[0]))
         norm = xp.sqrt(self._group_sum(xp, x, x) + x.dtype.type(self.eps))
         self._norm = norm
@@ -622,6 +639,9 @@ class NormalizeLayer(Layer):
                 g = xp.einsum("ncs,ncs->c", dy, xh)
             self.blobs[0].diff[...] += g.reshape(self.blobs[0].shape)
         if propagate_down[0]:
+            if cuda_kernels.enabled(xp) and not self.across_spatial:
+                return cuda_kernels.l2norm_backward(self, top, bottom, safe=False, scale=self.blobs[0].data,
+                                                    channel_shared=self.channel_shared)
             # The exact derivative: with g = dy*scale, dx = (g - xhat*sum(g*xhat)) / norm.
             g = dy * self._scale3()
             dx = g - xh * self._group_sum(xp, g, xh)
