@@ -418,12 +418,9 @@ class ReductionLayer(Layer):
 
 
 def scatter_add_rows(xp, target, idx, values) -> None:
-    """``target[idx[i]] += values[i]`` with repeated indices summed (a plain fancy-index ``+=`` keeps only one)."""
-    if xp is np:
-        np.add.at(target, idx, values)
-    else:  # CuPy
-        import cupyx
-        cupyx.scatter_add(target, idx, values)
+    """``target[idx[i]] += values[i]`` with repeated indices summed (a plain fancy-index ``+=`` keeps only one).
+    CuPy >= 13 has ``add.at`` too (an atomic add on the device), in place of the deprecated cupyx.scatter_add."""
+    xp.add.at(target, idx, values)
 
 
 @register("Crop")

@@ -11,6 +11,7 @@ from ..blob import Blob
 from ..errors import NetError, PcnError
 from ..io.arrays import load_binaryproto
 from ..proto import caffe_pb2
+from . import cuda_kernels
 from .base import Layer, register
 
 _LP = caffe_pb2.LossParameter
@@ -194,6 +195,8 @@ class SoftmaxWithLossLayer(LossLayer):
 
     def forward(self, bottom, top):
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp):  # losses and counts in one launch, no host sync (a bad label: NaN loss)
+            return cuda_kernels.softmax_loss_forward(self, bottom, top)
         prob3 = self.softmax_and_labels(bottom)
         p = xp.take_along_axis(prob3, self._lab[:, None, :], axis=1)[:, 0, :]
         logp = xp.log(xp.maximum(p, p.dtype.type(_FLT_MIN)))
@@ -204,6 +207,8 @@ class SoftmaxWithLossLayer(LossLayer):
         if not propagate_down[0]:
             return
         xp = bottom[0].xp
+        if cuda_kernels.enabled(xp):
+            return cuda_kernels.softmax_loss_backward(self, top, bottom)
         outer, _, inner = self.dims
         dx = bottom[0].diff.reshape(self.dims)
         dx[...] = self.prob.data.reshape(self.dims)

@@ -10,6 +10,7 @@ from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
 from ..random import rng
+from . import cuda_kernels
 from .base import TRAIN, Layer, register
 
 
@@ -421,6 +422,8 @@ class DropoutLayer(NeuronLayer):
         x = bottom[0].data
         if self.phase == TRAIN:
             xp = bottom[0].xp
+            if cuda_kernels.enabled(xp):  # mask drawn and applied on the device (CuPy's generator)
+                return cuda_kernels.dropout_forward(self, bottom, top)
             keep = rng().random_sample(bottom[0].shape) >= self.ratio  # drawn on the CPU for reproducibility
             factor = self.scale if self.scale_train else 1.0
             self.mask = xp.asarray(keep.astype(bottom[0].dtype) * bottom[0].dtype.type(factor))

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from ..errors import PcnError
+from ..layers import cuda_kernels
 from .solver import Solver
 
 
@@ -16,6 +17,8 @@ class SGDSolver(Solver):
 
     def compute_update_value(self, i, rate):
         blob, h = self.net.learnable_params[i], self.history[i].data
+        if cuda_kernels.enabled(blob.xp):  # one fused launch
+            return cuda_kernels.update("sgd", blob.diff, [h], self.param.momentum, self.local_rate(i, rate))
         h *= blob.dtype.type(self.param.momentum)
         h += blob.dtype.type(self.local_rate(i, rate)) * blob.diff
         blob.diff[...] = h
@@ -26,6 +29,8 @@ class NesterovSolver(Solver):
 
     def compute_update_value(self, i, rate):
         blob, h = self.net.learnable_params[i], self.history[i].data
+        if cuda_kernels.enabled(blob.xp):
+            return cuda_kernels.update("nesterov", blob.diff, [h], self.param.momentum, self.local_rate(i, rate))
         m = blob.dtype.type(self.param.momentum)
         previous = h.copy()
         h *= m
@@ -43,6 +48,8 @@ class AdaGradSolver(Solver):
     def compute_update_value(self, i, rate):
         blob, h = self.net.learnable_params[i], self.history[i].data
         xp, t = blob.xp, blob.dtype.type
+        if cuda_kernels.enabled(xp):
+            return cuda_kernels.update("adagrad", blob.diff, [h], self.param.delta, self.local_rate(i, rate))
         h += blob.diff * blob.diff
         blob.diff[...] = t(self.local_rate(i, rate)) * blob.diff / (xp.sqrt(h) + t(self.param.delta))
 
@@ -60,6 +67,8 @@ class RMSPropSolver(Solver):
         blob, h = self.net.learnable_params[i], self.history[i].data
         xp, t = blob.xp, blob.dtype.type
         decay = t(self.param.rms_decay)
+        if cuda_kernels.enabled(xp):
+            return cuda_kernels.update("rmsprop", blob.diff, [h], decay, self.param.delta, self.local_rate(i, rate))
         h *= decay
         h += (1 - decay) * blob.diff * blob.diff
         blob.diff[...] = t(self.local_rate(i, rate)) * blob.diff / (xp.sqrt(h) + t(self.param.delta))
@@ -76,6 +85,8 @@ class AdaDeltaSolver(Solver):
         g2, u2 = self.history[i].data, self.history[len(self.net.learnable_params) + i].data
         xp, t = blob.xp, blob.dtype.type
         m, delta = t(self.param.momentum), t(self.param.delta)
+        if cuda_kernels.enabled(xp):
+            return cuda_kernels.update("adadelta", blob.diff, [g2, u2], m, delta, self.local_rate(i, rate))
         g2 *= m
         g2 += (1 - m) * blob.diff * blob.diff
         blob.diff *= xp.sqrt((u2 + delta) / (g2 + delta))
@@ -97,6 +108,9 @@ class AdamSolver(Solver):
         b1, b2 = float(np.float32(self.param.momentum)), float(np.float32(self.param.momentum2))
         step = self.iter + 1
         correction = math.sqrt(1.0 - b2 ** step) / (1.0 - b1 ** step)
+        if cuda_kernels.enabled(xp):
+            return cuda_kernels.update("adam", blob.diff, [mom, v], b1, b2, self.param.delta,
+                                       self.local_rate(i, rate) * correction)
         mom *= t(b1)
         mom += t(1 - b1) * blob.diff
         v *= t(b2)
