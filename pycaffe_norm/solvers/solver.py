@@ -487,7 +487,8 @@ class Solver:
         if clip < 0:
             return
         params = self.net.learnable_params
-        sumsq = sum(float((b.diff.astype(np.float64) ** 2).sum()) for b in params)
+        # summed on the device, read once (one host sync per iteration, not one per blob)
+        sumsq = float(sum((b.diff.astype(np.float64) ** 2).sum() for b in params))
         norm = math.sqrt(sumsq)
         if norm > clip:
             scale = clip / norm
