@@ -534,6 +534,7 @@ MYCAFFE_EXTRA_FIELDS = {
     ("MemoryDataParameter", "label_height"): _only_value("1", "one label per item", "is not supported"),
     ("MemoryDataParameter", "label_width"): _only_value("1", "one label per item", "is not supported"),
     ("TransformationParameter", "use_image_mean"): _use_image_mean,
+    ("MultiBoxLossParameter", "use_gpu"): _ignore("where MyCaffe computes the matching"),
     ("TransformationParameter", "distortion_param"): _inactive_block("image distortion (brightness, contrast, "
                                                                      "saturation)"),
     ("TransformationParameter", "mask_param"): _inactive_block("image masking"),
@@ -559,8 +560,21 @@ def _memory_label_type(msg, node):
            "item)" % _node_text(node)
 
 
+# MyCaffe's names of SSD-Caffe's parameter blocks.
+MYCAFFE_FIELD_ALIASES = {("LayerParameter", "multiboxloss_param"): "multibox_loss_param"}
+
+
 def mycaffe_extra_field(msg, node, problems) -> None:
     """The dialect reader's handler for a field pcn's schema lacks: MyCaffe's meaning, a log line, or a problem."""
+    alias = MYCAFFE_FIELD_ALIASES.get((msg.DESCRIPTOR.name, node.name))
+    if alias is not None and node.children is not None:
+        from .dialect import fill_message
+
+        target = getattr(msg, alias)
+        target.SetInParent()
+        fill_message(target, node.children, problems, mycaffe_extra_field)
+        log.info("%s.%s (MyCaffe's spelling) read as %s", msg.DESCRIPTOR.name, node.name, alias)
+        return
     handler = MYCAFFE_EXTRA_FIELDS.get((msg.DESCRIPTOR.name, node.name))
     if handler is None:
         suggestion = did_you_mean(node.name, [f.name for f in msg.DESCRIPTOR.fields])

@@ -119,3 +119,9 @@ def test_mixed_v1_and_current_layers_keep_file_order():
                  'layer { name: "s" type: "Sigmoid" bottom: "y" top: "z" }\n')
     assert [(lp.name, lp.type) for lp in param.layer] == [("in", "Input"), ("r", "ReLU"), ("s", "Sigmoid")]
     assert not param.layers
+
+
+def test_mycaffe_spelling_of_ssd_blocks():
+    param = _net('layer\n{\n   name: "l"\n   type: "MultiBoxLoss"\n   multiboxloss_param\n   {\n      num_classes: 3\n'
+                 '      use_gpu: True\n   }\n}\nenable_memory_stats: False\n')
+    assert param.layer[0].multibox_loss_param.num_classes == 3

@@ -47,6 +47,9 @@ def data_shape(lp: caffe_pb2.LayerParameter, batch: int) -> Tuple[int, ...]:
     ip = lp.image_data_param
     if ip.new_height and ip.new_width:
         chw = (chw[0], ip.new_height, ip.new_width)
+    resize = lp.transform_param.resize_param
+    if lp.transform_param.HasField("resize_param") and resize.height and resize.width:
+        chw = (chw[0], resize.height, resize.width)
     crop = lp.transform_param.crop_size or lp.data_param.crop_size
     if crop:
         chw = (chw[0], crop, crop)
@@ -99,6 +102,10 @@ def with_inputs(param: caffe_pb2.NetParameter, batch: int) -> Tuple[caffe_pb2.Ne
             shape = shape[:1] + (1,) + shape[2:]
         new.input_param.shape.add(dim=shape)
         kinds[lp.top[0]] = "label" if is_label else "data"
+        if lp.type == "AnnotatedData" and len(lp.top) > 1:   # one box per image: SSD's (1, 1, boxes, 8) rows
+            new.input_param.shape.add(dim=(1, 1, batch, 8))
+            kinds[lp.top[1]] = "boxes"
+            continue
         for top in lp.top[1:]:
             new.input_param.shape.add(dim=(batch,))
             kinds[top] = "label"
@@ -132,6 +139,8 @@ def run_net(path: str, batch: int) -> Tuple[str, str]:
         blob = net.blobs[name]
         if name in indices:
             blob.data[...] = rs.randint(0, max(indices[name], 1), blob.shape)
+        elif kind == "boxes":   # item, class 1, instance 0, a box in the middle, not difficult
+            blob.data[...] = [[i, 1, 0, 0.2, 0.2, 0.6, 0.7, 0] for i in range(blob.shape[2])]
         elif name in clips:   # sequence continuation: 0 at the first time step, 1 after
             blob.data[...] = 1
             blob.data[:1] = 0
