@@ -34,10 +34,140 @@ V1_TYPE_NAMES = {
 _V1_SPECIAL = {"layer", "type", "blobs_lr", "weight_decay", "param", "blob_share_mode"}
 
 
+# Caffe's UpgradeV0LayerType: V0's type strings.
+_V0_TYPES = {
+    "accuracy": _V1.ACCURACY, "bnll": _V1.BNLL, "concat": _V1.CONCAT, "conv": _V1.CONVOLUTION, "data": _V1.DATA,
+    "dropout": _V1.DROPOUT, "euclidean_loss": _V1.EUCLIDEAN_LOSS, "flatten": _V1.FLATTEN,
+    "hdf5_data": _V1.HDF5_DATA, "hdf5_output": _V1.HDF5_OUTPUT, "im2col": _V1.IM2COL, "images": _V1.IMAGE_DATA,
+    "infogain_loss": _V1.INFOGAIN_LOSS, "innerproduct": _V1.INNER_PRODUCT, "lrn": _V1.LRN,
+    "multinomial_logistic_loss": _V1.MULTINOMIAL_LOGISTIC_LOSS, "pool": _V1.POOLING, "relu": _V1.RELU,
+    "sigmoid": _V1.SIGMOID, "softmax": _V1.SOFTMAX, "softmax_loss": _V1.SOFTMAX_LOSS, "split": _V1.SPLIT,
+    "tanh": _V1.TANH, "window_data": _V1.WINDOW_DATA,
+}
+# Caffe's UpgradeV0LayerParameter: V0 field -> {V0 type: "block.field"} ("*" for every type). A field given to a
+# type not listed is an error, as in Caffe.
+_V0_FIELDS = {
+    "num_output": {"conv": "convolution_param.num_output", "innerproduct": "inner_product_param.num_output"},
+    "biasterm": {"conv": "convolution_param.bias_term", "innerproduct": "inner_product_param.bias_term"},
+    "weight_filler": {"conv": "convolution_param.weight_filler",
+                      "innerproduct": "inner_product_param.weight_filler"},
+    "bias_filler": {"conv": "convolution_param.bias_filler", "innerproduct": "inner_product_param.bias_filler"},
+    "pad": {"conv": "convolution_param.pad", "pool": "pooling_param.pad"},
+    "kernelsize": {"conv": "convolution_param.kernel_size", "pool": "pooling_param.kernel_size"},
+    "group": {"conv": "convolution_param.group"},
+    "stride": {"conv": "convolution_param.stride", "pool": "pooling_param.stride"},
+    "pool": {"pool": "pooling_param.pool"},
+    "dropout_ratio": {"dropout": "dropout_param.dropout_ratio"},
+    "local_size": {"lrn": "lrn_param.local_size"}, "alpha": {"lrn": "lrn_param.alpha"},
+    "beta": {"lrn": "lrn_param.beta"}, "k": {"lrn": "lrn_param.k"},
+    "source": {"data": "data_param.source", "hdf5_data": "hdf5_data_param.source",
+               "images": "image_data_param.source", "window_data": "window_data_param.source",
+               "infogain_loss": "infogain_loss_param.source"},
+    "scale": {"*": "transform_param.scale"}, "meanfile": {"*": "transform_param.mean_file"},
+    "cropsize": {"*": "transform_param.crop_size"}, "mirror": {"*": "transform_param.mirror"},
+    "batchsize": {"data": "data_param.batch_size", "hdf5_data": "hdf5_data_param.batch_size",
+                  "images": "image_data_param.batch_size", "window_data": "window_data_param.batch_size"},
+    "rand_skip": {"data": "data_param.rand_skip", "images": "image_data_param.rand_skip"},
+    "shuffle_images": {"images": "image_data_param.shuffle"},
+    "new_height": {"images": "image_data_param.new_height"}, "new_width": {"images": "image_data_param.new_width"},
+    "concat_dim": {"concat": "concat_param.concat_dim"},
+    "det_fg_threshold": {"window_data": "window_data_param.fg_threshold"},
+    "det_bg_threshold": {"window_data": "window_data_param.bg_threshold"},
+    "det_fg_fraction": {"window_data": "window_data_param.fg_fraction"},
+    "det_context_pad": {"window_data": "window_data_param.context_pad"},
+    "det_crop_mode": {"window_data": "window_data_param.crop_mode"},
+    "hdf5_output_param": {"hdf5_output": "hdf5_output_param"},
+}
+
+
+def _v0_layer(entry: caffe_pb2.V1LayerParameter, problems: list) -> caffe_pb2.V1LayerParameter:
+    """Caffe's UpgradeV0LayerParameter: one V0 ``layers { layer { ... } }`` entry as a V1 entry."""
+    v0 = entry.layer
+    out = caffe_pb2.V1LayerParameter(bottom=entry.bottom, top=entry.top, name=v0.name)
+    if v0.HasField("type"):
+        if v0.type not in _V0_TYPES:
+            problems.append("V0 layer %r: unknown type %r" % (v0.name, v0.type))
+            return out
+        out.type = _V0_TYPES[v0.type]
+    out.blobs.extend(v0.blobs)
+    out.blobs_lr.extend(v0.blobs_lr)
+    out.weight_decay.extend(v0.weight_decay)
+    for field, value in v0.ListFields():
+        if field.name in ("name", "type", "blobs", "blobs_lr", "weight_decay"):
+            continue
+        targets = _V0_FIELDS.get(field.name, {})
+        path = targets.get(v0.type) or targets.get("*")
+        if path is None:
+            problems.append("V0 layer %r: %s is not a parameter of type %r" % (v0.name, field.name, v0.type))
+            continue
+        block, name = path.split(".") if "." in path else (path, None)
+        target = getattr(out, block)
+        if name is None:
+            target.CopyFrom(value)
+        elif field.message_type is not None:
+            getattr(target, name).CopyFrom(value)
+        elif _is_repeated(target.DESCRIPTOR.fields_by_name[name]):
+            getattr(target, name).append(value)
+        else:
+            setattr(target, name, value)   # V0's PoolMethod numbers are PoolingParameter's
+    return out
+
+
+def upgrade_v0_net(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
+    """Caffe's UpgradeV0Net: padding layers folded into the convolution or pooling after them, then each V0
+    entry as a V1 entry. Every problem is raised in one NetError."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layers[:]
+    problems: list = []
+    last_top = {name: None for name in param.input}
+    entries = []
+    for i, entry in enumerate(param.layers):
+        kept = caffe_pb2.V1LayerParameter()
+        kept.CopyFrom(entry)
+        for j, bottom in enumerate(entry.bottom):
+            if bottom not in last_top:
+                problems.append("V0 layer %r: unknown bottom %r" % (entry.layer.name, bottom))
+                continue
+            source = last_top[bottom]
+            if source is not None and param.layers[source].layer.type == "padding":
+                pad = param.layers[source]
+                if entry.layer.type not in ("conv", "pool") or len(entry.bottom) != 1 or len(pad.bottom) != 1:
+                    problems.append("V0 padding layer %r feeds %r, which is not a one-input conv or pool layer"
+                                    % (pad.layer.name, entry.layer.name))
+                    continue
+                kept.layer.pad = pad.layer.pad
+                kept.bottom[j] = pad.bottom[0]
+        if entry.layer.type != "padding":
+            entries.append(kept)
+        for top in entry.top:
+            last_top[top] = i
+    for entry in entries:
+        out.layers.add().CopyFrom(_v0_layer(entry, problems))
+    if problems:
+        raise NetError("net %r (V0 format): %s" % (param.name, "; ".join(problems)))
+    return out
+
+
+# Caffe's UpgradeNetDataTransformation: V1 data layers' transformation fields move to transform_param.
+_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+
+
+def _move_transform_fields(lp: caffe_pb2.LayerParameter) -> None:
+    for block in ("data_param", "image_data_param", "window_data_param"):
+        if not lp.HasField(block):
+            continue
+        sub = getattr(lp, block)
+        for name in _TRANSFORM_FIELDS:
+            if sub.HasField(name):
+                setattr(lp.transform_param, name, getattr(sub, name))
+                sub.ClearField(name)
+
+
 def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter:
     if v1.HasField("layer"):
-        raise NetError("layer %r uses the V0 layer format (2014), which pcn does not read; upgrade the file with "
-                       "Caffe's upgrade_net_proto_text tool" % (v1.name or v1.layer.name))
+        raise NetError("layer %r is a V0 entry in a V1 net; upgrade whole V0 nets (pcn upgrade)"
+                       % (v1.name or v1.layer.name))
     out = caffe_pb2.LayerParameter()
     layer_fields = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
     for field, value in v1.ListFields():
@@ -54,6 +184,7 @@ def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter
         else:
             setattr(out, field.name, value)
     out.type = V1_TYPE_NAMES.get(v1.type, "")
+    _move_transform_fields(out)
     n = max(len(v1.blobs_lr), len(v1.weight_decay), len(v1.param), len(v1.blob_share_mode))
     for i in range(n):
         spec = out.param.add()
@@ -90,6 +221,9 @@ def upgrade_net(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
 def _upgrade_format(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     if param.layers and param.layer:
         raise NetError("net %r mixes V1 'layers' and current 'layer' entries; use one format" % param.name)
+    if any(entry.HasField("layer") for entry in param.layers):
+        log.info("net %r: V0 layer format upgraded as Caffe's upgrade_net_proto_text does", param.name)
+        param = upgrade_v0_net(param)
     if not param.layers and not (param.input or param.input_shape or param.input_dim):
         return param
     out = caffe_pb2.NetParameter()

@@ -366,3 +366,48 @@ def test_label_arrays_come_from_an_aligned_label_database(tmp_path, capsys):
     src.write_text(SEGMENTATION % "crop_size: 2")
     assert main(["port", str(src), "-o", str(tmp_path / "o2.prototxt")]) == 2
     assert "cannot be kept aligned" in _error_line(capsys)
+
+
+V0_NET = """name: "v0"
+input: "data"
+input_dim: 1
+input_dim: 1
+input_dim: 8
+input_dim: 8
+layers { layer { name: "pad1" type: "padding" pad: 2 } bottom: "data" top: "pad1" }
+layers {
+  layer {
+    name: "conv1" type: "conv" num_output: 4 kernelsize: 5 stride: 1
+    weight_filler { type: "gaussian" std: 0.01 } blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0
+  }
+  bottom: "pad1" top: "conv1"
+}
+layers { layer { name: "relu1" type: "relu" } bottom: "conv1" top: "conv1" }
+layers { layer { name: "pool1" type: "pool" pool: AVE kernelsize: 2 stride: 2 } bottom: "conv1" top: "pool1" }
+layers { layer { name: "fc" type: "innerproduct" num_output: 3 %s } bottom: "pool1" top: "fc" }
+"""
+
+
+def test_upgrade_v0_net_as_caffe_does(tmp_path, capsys):
+    src = tmp_path / "v0.prototxt"
+    src.write_text(V0_NET % "")
+    out = tmp_path / "v0_up.prototxt"
+    assert main(["upgrade", str(src), "-o", str(out)]) == 0
+    param = text_format.Parse(out.read_text(), caffe_pb2.NetParameter())
+    assert [(lp.name, lp.type) for lp in param.layer] == [
+        ("input", "Input"), ("conv1", "Convolution"), ("relu1", "ReLU"), ("pool1", "Pooling"),
+        ("fc", "InnerProduct")]
+    conv = param.layer[1]
+    # the padding layer is folded into the convolution, which reads the padding layer's input
+    assert list(conv.bottom) == ["data"] and list(conv.convolution_param.pad) == [2]
+    assert list(conv.convolution_param.kernel_size) == [5] and conv.convolution_param.num_output == 4
+    assert conv.convolution_param.weight_filler.std == pytest.approx(0.01)
+    assert [(s.lr_mult, s.decay_mult) for s in conv.param] == [(1, 1), (2, 0)]
+    pool = param.layer[3].pooling_param
+    assert (pool.pool, pool.kernel_size, pool.stride) == (caffe_pb2.PoolingParameter.AVE, 2, 2)
+    net = caffe.Net(str(out), caffe.TEST)
+    assert net.blobs["conv1"].shape == (1, 4, 8, 8) and net.blobs["fc"].shape == (1, 3)
+    src.write_text(V0_NET % "dropout_ratio: 0.5 local_size: 3")
+    assert main(["upgrade", str(src), "-o", str(out)]) == 2
+    line = _error_line(capsys)
+    assert "dropout_ratio" in line and "local_size" in line
