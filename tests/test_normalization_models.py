@@ -16,7 +16,9 @@ from pycaffe_norm.solvers import get_solver, read_solver_param
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-VARIANTS = ["lenet_bn", "lenet_lrn_across", "lenet_lrn_within", "lenet_mvn", "lenet_normalization1", "lenet_grn"]
+VARIANTS = ["lenet_bn", "lenet_lrn_across", "lenet_lrn_within", "lenet_mvn", "lenet_normalization1", "lenet_grn",
+            "lenet_layernorm", "lenet_groupnorm", "lenet_instancenorm", "lenet_rmsnorm", "lenet_convnext_grn",
+            "lenet_batchrenorm"]
 # The layer types each variant must contain: the test fails if a model stops exercising its layer.
 LAYER_TYPES = {
     "lenet_bn": {"BatchNorm", "Scale"},
@@ -25,6 +27,12 @@ LAYER_TYPES = {
     "lenet_mvn": {"MVN"},
     "lenet_normalization1": {"Normalization1"},
     "lenet_grn": {"GRN"},
+    "lenet_layernorm": {"LayerNorm"},
+    "lenet_groupnorm": {"GroupNorm"},
+    "lenet_instancenorm": {"InstanceNorm"},
+    "lenet_rmsnorm": {"RMSNorm"},
+    "lenet_convnext_grn": {"ConvNeXtGRN"},
+    "lenet_batchrenorm": {"BatchNorm", "Scale"},
 }
 ITERS = 40
 
@@ -71,10 +79,11 @@ def test_variant_solver_matches_lenet(variant, at_root):
         if layer.type in ("LRN", "MVN", "Normalization1", "GRN"):
             for later in net.layer[i + 1:]:
                 assert not (layer.top[0] in later.bottom and layer.top[0] in later.top), (layer.name, later.name)
-    if variant == "lenet_bn":
+    if variant in ("lenet_bn", "lenet_batchrenorm"):
         for layer in net.layer:
             if layer.type == "BatchNorm":
                 assert not layer.batch_norm_param.HasField("use_global_stats")
+                assert layer.batch_norm_param.renorm == (variant == "lenet_batchrenorm")
                 assert [p.lr_mult for p in layer.param] == [0, 0, 0]
             if layer.type == "Scale":
                 assert layer.scale_param.bias_term

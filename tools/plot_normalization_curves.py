@@ -36,6 +36,12 @@ MODELS: List[Tuple[str, str]] = [
     ("lenet_mvn", "MVN"),
     ("lenet_normalization1", "Normalization1 (+ scalar Scale)"),
     ("lenet_grn", "GRN"),
+    ("lenet_layernorm", "LayerNorm (C, H, W; affine)"),
+    ("lenet_groupnorm", "GroupNorm (5 channels per group)"),
+    ("lenet_instancenorm", "InstanceNorm (affine, running stats)"),
+    ("lenet_rmsnorm", "RMSNorm (C, H, W)"),
+    ("lenet_convnext_grn", "ConvNeXt-V2 GRN"),
+    ("lenet_batchrenorm", "BatchNorm + Batch Renorm + Scale"),
 ]
 
 _TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
@@ -119,9 +125,10 @@ def plot(curves: Dict[str, dict], labels: Dict[str, str], out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 5))
+    colours = iter(plt.get_cmap("tab20").colors)       # 13 curves: more than the default cycle's 10 colours
     for model, c in curves.items():
-        style = dict(color="black", lw=2.2, ls="--") if model == "lenet" else dict(lw=1.5)
+        style = dict(color="black", lw=2.2, ls="--") if model == "lenet" else dict(lw=1.3, color=next(colours))
         if c["test"]:
             it, acc = zip(*c["test"])
             ax_acc.plot(it, [100 * a for a in acc], label=labels.get(model, model), marker=".", ms=4, **style)
@@ -134,7 +141,7 @@ def plot(curves: Dict[str, dict], labels: Dict[str, str], out: str) -> None:
     ax_acc.set_ylabel("test accuracy, 1,000 digits (%)")
     ax_acc.set_title("Test accuracy (iteration 0, about 10%, is off the axis)", fontsize=10)
     ax_acc.grid(alpha=0.3)
-    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_acc.legend(fontsize=7, loc="lower right", ncol=2)
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("training loss (one batch of 64)")
