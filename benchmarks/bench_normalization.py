@@ -12,7 +12,7 @@ times ``y = op(x); y.backward(dy)`` the same way, with ``torch.set_num_threads``
 NumPy's BLAS uses. The pcn layers run in Caffe's semantics (BatchNorm in TRAIN also updates its running sums);
 the PyTorch equivalents are listed in ``CASES``. The forward outputs of both are compared (``max|diff|``) so
 that the pairs are known to compute the same thing. Targets from the project: LRN at most 0.5x PyTorch's
-``local_response_norm``, BatchNorm at most 2x PyTorch's ``batch_norm``. It prints a table and asserts nothing.
+``local_response_norm``, BatchNorm at most 1.5x PyTorch's ``batch_norm``. It prints a table and asserts nothing.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from pycaffe_norm.proto import caffe_pb2  # noqa: E402
 
 # (name, pcn layer prototxt, target ratio pcn/torch or None, torch equivalent (a key of _torch_ops))
 CASES: List[Tuple[str, str, Optional[float], str]] = [
-    ("BatchNorm TRAIN", 'type: "BatchNorm"', 2.0, "batch_norm"),
+    ("BatchNorm TRAIN", 'type: "BatchNorm"', 1.5, "batch_norm"),
     ("Scale (bias_term)", 'type: "Scale" scale_param { bias_term: true }', None, "scale"),
     ("LRN ACROSS_CHANNELS", 'type: "LRN" lrn_param { local_size: 5 alpha: 1 beta: 0.75 k: 1 }', 0.5,
      "local_response_norm"),

@@ -9,6 +9,7 @@ from google.protobuf import text_format
 from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError, ShapeError
 from pycaffe_norm.layers import create_layer
+from pycaffe_norm.layers import inner_product as ip_module
 from pycaffe_norm.proto import caffe_pb2
 from tests.gradient_check import GradientChecker, layer_from_text, make_blob
 from tests.reference_check import REF, check, load, tol
@@ -114,6 +115,21 @@ def test_float32_and_param_diff_accumulation():
     for p, f in zip(layer.blobs, first):
         np.testing.assert_allclose(p.diff, 2 * f, rtol=1e-5)
     np.testing.assert_allclose(b[0].diff, t[0].diff @ layer.blobs[0].data, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("transpose", ["false", "true"])
+def test_weight_gradient_in_row_blocks_equals_one_product(transpose, monkeypatch):
+    """The weight gradient accumulated in blocks of rows (a small temporary) equals x^T dy accumulated at once."""
+    x, dy = gaussian((4, 3, 2), 1), gaussian((4, 5), 2)
+    layer, b, t = setup_layer("inner_product_param { num_output: 5 transpose: %s %s }" % (transpose, GAUSS), x)
+    monkeypatch.setattr(ip_module, "_PRODUCT_BLOCK", 7)   # one or two rows per block
+    layer.blobs[0].diff[...] = 1.0
+    layer.forward(b, t)
+    t[0].diff[...] = dy
+    layer.backward(t, [True], b)
+    x2 = x.reshape(4, 6)
+    expected = 1.0 + (x2.T @ dy if transpose == "true" else dy.T @ x2)
+    np.testing.assert_allclose(layer.blobs[0].diff, expected, rtol=1e-12)
 
 
 def test_reshape_with_other_batch_size():
