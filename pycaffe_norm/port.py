@@ -22,14 +22,6 @@ from .proto import caffe_pb2
 
 log = logging.getLogger("pycaffe_norm")
 
-# MyCaffe writes SolverParameter.type as its SolverType enum names.
-MYCAFFE_SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
-                        "ADADELTA": "AdaDelta", "ADAM": "Adam"}
-# MyCaffe's SolverParameter defaults (SolverParameter.cs) where a field is unset; they differ from BVLC's.
-MYCAFFE_SOLVER_DEFAULTS = (("test_interval", 1000), ("base_lr", 0.01), ("max_iter", 500000), ("lr_policy", "step"),
-                           ("gamma", 0.1), ("momentum", 0.0), ("weight_decay", 0.0005), ("regularization_type", "L2"),
-                           ("stepsize", 100000), ("snapshot", 10000), ("rms_decay", 0.95),
-                           ("snapshot_after_train", False), ("display", 0), ("delta", 1e-8), ("momentum2", 0.999))
 # The converter that makes the database a MyCaffe dataset name stands for.
 CONVERTERS = {"MNIST": "tools/make_mnist_lmdb.py"}
 DEFAULT_CONVERTER = "tools/convert_imageset.py"
@@ -318,17 +310,7 @@ def port_solver(param: caffe_pb2.SolverParameter, mycaffe: bool, source: str = "
     problems = list(problems or [])
     out = upgrade_solver(param)
     if mycaffe:
-        if out.HasField("type"):
-            mapped = MYCAFFE_SOLVER_TYPES.get(out.type.upper())
-            if mapped is not None:
-                out.type = mapped
-            elif out.type.upper() == "ADAMW":
-                problems.append("%s: SolverParameter.type: ADAMW (MyCaffe's AdamW) is not a pcn solver" % source)
-        for name, value in MYCAFFE_SOLVER_DEFAULTS:
-            if not out.HasField(name):
-                setattr(out, name, value)
-        if out.HasField("test_interval") and not len(out.test_iter):
-            out.test_iter.append(300)
+        problems.extend("%s: %s" % (source, p) for p in upgrade.upgrade_mycaffe_solver(out))
     for name, default in (("eval_type", "classification"), ("ap_version", "Integral"),
                           ("show_per_class_result", False)):
         value = getattr(out, name)

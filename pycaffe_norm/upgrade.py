@@ -775,6 +775,8 @@ def collect_mycaffe_tree(nodes, msg, source: str):
     bad_types: dict = {}
     if msg.DESCRIPTOR.name != "NetParameter":
         fill_message(msg, nodes, problems, mycaffe_extra_field)
+        if msg.DESCRIPTOR.name == "SolverParameter":
+            problems.items.extend("%s: %s" % (source, p) for p in upgrade_mycaffe_solver(msg))
         return bad_types, problems.items
     layer_nodes = [n for n in nodes if n.name in ("layer", "layers") and n.children is not None]
     fill_message(msg, [n for n in nodes if n not in layer_nodes], problems, mycaffe_extra_field)
@@ -835,3 +837,36 @@ def _merge_places(problems: list) -> list:
 
 
 _PLACE = re.compile(r"^(.*?):(\d+):(\d+): (.*)$")
+
+
+# MyCaffe writes SolverParameter.type as its SolverType enum names.
+MYCAFFE_SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
+                        "ADADELTA": "AdaDelta", "ADAM": "Adam"}
+# MyCaffe's SolverParameter defaults (SolverParameter.cs) where a field is unset; they differ from BVLC's.
+MYCAFFE_SOLVER_DEFAULTS = (("test_interval", 1000), ("base_lr", 0.01), ("max_iter", 500000), ("lr_policy", "step"),
+                           ("gamma", 0.1), ("momentum", 0.0), ("weight_decay", 0.0005), ("regularization_type", "L2"),
+                           ("stepsize", 100000), ("snapshot", 10000), ("rms_decay", 0.95),
+                           ("snapshot_after_train", False), ("display", 0), ("delta", 1e-8), ("momentum2", 0.999))
+
+
+def upgrade_mycaffe_solver(param: caffe_pb2.SolverParameter) -> list:
+    """A solver read in MyCaffe's dialect, in place: MyCaffe's type names as Caffe's and MyCaffe's defaults for
+    the unset fields (a MyCaffe solver means MyCaffe's values). Returns the problems (ADAMW)."""
+    problems = []
+    if param.HasField("type"):
+        mapped = MYCAFFE_SOLVER_TYPES.get(param.type.upper())
+        if mapped is not None and mapped != param.type:
+            log.info("solver type %s (MyCaffe's name) read as %r", param.type, mapped)
+            param.type = mapped
+        elif param.type.upper() == "ADAMW":
+            problems.append("SolverParameter.type: ADAMW (MyCaffe's AdamW) is not a pcn solver")
+    unset = [name for name, _ in MYCAFFE_SOLVER_DEFAULTS if not param.HasField(name)]
+    for name, value in MYCAFFE_SOLVER_DEFAULTS:
+        if name in unset:
+            setattr(param, name, value)
+    if param.HasField("test_interval") and not len(param.test_iter):
+        param.test_iter.append(300)
+        unset.append("test_iter")
+    if unset:
+        log.info("MyCaffe solver: MyCaffe's defaults for %s", ", ".join(unset))
+    return problems

@@ -55,14 +55,28 @@ def test_solver_bare_strings():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "models").rglob("*.prototxt")))
 def test_caffe_files_read_the_same_through_the_dialect_reader(path):
-    """The dialect reader gives exactly what protobuf's text format gives for Caffe's own files."""
-    from pycaffe_norm.upgrade import read_mycaffe_tree
+    """The dialect reader gives exactly what protobuf's text format gives for Caffe's own files (a solver read as
+    MyCaffe's also gets MyCaffe's defaults, so its fields are filled without them here)."""
+    from pycaffe_norm.dialect import Problems, fill_message
+    from pycaffe_norm.upgrade import mycaffe_extra_field, read_mycaffe_tree
 
     text = path.read_text()
-    kind = caffe_pb2.SolverParameter if "solver" in path.name else caffe_pb2.NetParameter
-    strict = text_format.Parse(text, kind())
-    tolerant = read_mycaffe_tree(parse_tree(text, str(path)), kind(), str(path))
+    tree = parse_tree(text, str(path))
+    if "solver" in path.name:
+        strict = text_format.Parse(text, caffe_pb2.SolverParameter())
+        tolerant = caffe_pb2.SolverParameter()
+        problems = Problems(str(path))
+        fill_message(tolerant, tree, problems, mycaffe_extra_field)
+        assert not problems.items
+    else:
+        strict = text_format.Parse(text, caffe_pb2.NetParameter())
+        tolerant = read_mycaffe_tree(tree, caffe_pb2.NetParameter(), str(path))
     assert tolerant == strict
+
+
+def test_a_mycaffe_solver_read_directly_gets_caffe_type_names_and_mycaffe_defaults():
+    solver = prototxt.parse_text("base_lr: 0.1\nlr_policy: fixed\ntype: ADAM\n", caffe_pb2.SolverParameter(), "s")
+    assert solver.type == "Adam" and solver.rms_decay == pytest.approx(0.95) and not solver.snapshot_after_train
 
 
 def test_syntax_error_names_file_line_and_column():
