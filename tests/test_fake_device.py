@@ -12,6 +12,7 @@ import pytest
 
 import pycaffe_norm as caffe
 from pycaffe_norm import backend
+from pycaffe_norm.blob import Blob
 from pycaffe_norm.layers import cuda_kernels
 
 from . import fake_cupy
@@ -50,9 +51,10 @@ def test_fake_arrays_refuse_numpy(fake_gpu):
 
 
 def test_blobs_live_on_the_fake_device(fake_gpu):
-    blob = caffe.Blob((2,)).data if hasattr(caffe, "Blob") else backend.xp_for_mode().zeros((2,), dtype=np.float32)
-    assert isinstance(blob, fake_cupy.DeviceArray)
-    assert backend.array_module(blob) is fake_gpu
+    data = Blob((2, 3)).data
+    assert isinstance(data, fake_cupy.DeviceArray)
+    assert backend.array_module(data) is fake_gpu
+    assert backend.is_gpu_array(data) and isinstance(backend.to_numpy(data), np.ndarray)
 
 
 @pytest.mark.parametrize("d", [d for d in CASES if kind(d) != "solver"], ids=lambda d: d.name)
