@@ -8,7 +8,8 @@ Pooling with kernel size, stride and pad), coloured by type; layers that work in
 their top) are green. Blobs are grey octagons. Edges from a Data, Convolution, Deconvolution or InnerProduct layer
 to its tops are labelled with the batch size or ``num_output``. ``OUT`` ending in ``.dot``, ``.gv`` or ``.raw``
 gets the Graphviz DOT text, written in pure Python; any other extension (``png``, ``svg``, ``pdf``, ...) is the
-output format of Graphviz's ``dot`` program, which must then be on PATH.
+output format of Graphviz's ``dot`` program when it is on PATH; without it, ``png``, ``svg`` and ``pdf`` are
+drawn with matplotlib (pycaffe_norm.draw_render). ``pcn draw`` is the same command.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pycaffe_norm.upgrade import upgrade_net  # noqa: E402
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("input_net_proto_file", help="the net prototxt")
-    ap.add_argument("output_image_file", help="the drawing: .dot (text) or .png, .svg, .pdf, ... (needs Graphviz)")
+    ap.add_argument("output_image_file", help="the drawing: .dot (text), or .png, .svg, .pdf (Graphviz or matplotlib)")
     ap.add_argument("--rankdir", default="LR", choices=("LR", "TB", "BT", "RL"),
                     help="direction of the graph (default: %(default)s, left to right)")
     ap.add_argument("--phase", default="ALL", type=str.upper, choices=("TRAIN", "TEST", "ALL"),
