@@ -9,6 +9,16 @@ __version__ = "0.1.0"
 
 from . import coord_map, draw, io  # noqa: F401,E402
 from .classifier import Classifier  # noqa: F401,E402
+from .cli import init_log  # noqa: F401,E402
+from .cli import log_info as log  # noqa: F401,E402
+from .distributed import (  # noqa: F401,E402
+    NCCL,
+    set_multiprocess,
+    set_solver_count,
+    set_solver_rank,
+    solver_count,
+    solver_rank,
+)
 from .net import Net  # noqa: F401,E402
 from .net_spec import NetSpec, params, to_proto  # noqa: F401,E402  (``layers`` is the package: see layers/__init__)
 from .solvers import (  # noqa: F401,E402

@@ -49,6 +49,25 @@ def _log_level() -> int:
     return levels.get(os.environ.get("GLOG_minloglevel", "0").strip(), logging.INFO)
 
 
+def init_log(level: Optional[int] = None) -> None:
+    """pycaffe's ``caffe.init_log()``: the ``pycaffe_norm`` logger prints glog-style lines on stderr (once, however
+    often it is called), at INFO or GLOG_minloglevel's level; with data parallelism only rank 0 prints INFO."""
+    from . import distributed
+
+    if not any(getattr(h, "_pcn_init_log", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(GlogFormatter())
+        handler._pcn_init_log = True
+        log.addHandler(handler)
+    level = _log_level() if level is None else level
+    log.setLevel(level if distributed.root_solver() else max(level, logging.WARNING))
+
+
+def log_info(message: str) -> None:
+    """pycaffe's ``caffe.log(message)``: one INFO line through the pcn logger."""
+    log.info("%s", message)
+
+
 class _Logging:
     """Installs the glog-style handler for one command and takes it away afterwards (main may run many times)."""
 

@@ -59,9 +59,13 @@ def set_solver_rank(rank: int) -> None:
 
 
 def set_multiprocess(multiprocess: bool) -> None:
-    """Caffe::set_multiprocess: each solver in its own process (always so in pcn; kept for pycaffe scripts)."""
+    """Caffe::set_multiprocess: each solver in its own process. Under a launcher (``mpirun -n K python
+    script.py``) ``set_multiprocess(True)`` also joins the K ranks, setting solver count and rank from MPI, so a
+    script can call it before it builds its solver (the data layers read count and rank when they are built)."""
     global _multiprocess
     _multiprocess = bool(multiprocess)
+    if _multiprocess:
+        init()
 
 
 def multiprocess() -> bool:
@@ -310,7 +314,13 @@ class NCCL(DataParallel):
     those an MPI launcher started (``mpirun -n K python train.py ...``); ``uid`` is accepted and not needed."""
 
     def __init__(self, solver, uid=None):
-        super().__init__(solver)
+        count, rank = _solver_count, _solver_rank
+        comm = init(required=True)
+        if (count, rank) not in ((1, 0), (comm.size, comm.rank)):
+            raise PcnError("caffe.NCCL: set_solver_count(%d) and set_solver_rank(%d) do not match the MPI launch "
+                           "(rank %d of %d); start one process per solver with mpirun -n %d" % (
+                               count, rank, comm.rank, comm.size, count))
+        super().__init__(solver, comm)
 
     @staticmethod
     def new_uid() -> bytes:
