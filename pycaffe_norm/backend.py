@@ -50,6 +50,9 @@ def set_mode_gpu() -> None:
 
 def set_device(device_id: int) -> None:
     global _device
+    if cupy_available() and not 0 <= int(device_id) < _cupy.cuda.runtime.getDeviceCount():
+        raise RuntimeError("set_device: no CUDA device %d (%d present)"
+                           % (int(device_id), _cupy.cuda.runtime.getDeviceCount()))
     if _mode == "gpu":
         try:
             _cupy.cuda.Device(int(device_id)).use()

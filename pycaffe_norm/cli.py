@@ -130,8 +130,11 @@ def _use_device(gpu: Optional[str], solver_mode_gpu: bool = False, device_id: in
         raise PcnError("--gpu takes a device id (an integer) or 'all', not %r" % gpu) from None
     if not backend.cupy_available():
         raise PcnError("--gpu %s: no CUDA device is usable (install pycaffe_norm[gpu] and check the driver)" % gpu)
-    backend.set_device(device)
-    backend.set_mode_gpu()
+    try:
+        backend.set_device(device)
+        backend.set_mode_gpu()
+    except RuntimeError as e:  # a device id CUDA refuses: the mode stays CPU
+        raise PcnError("--gpu %s: %s" % (gpu, e)) from None
     log.info("Using GPUs %d", device)
 
 
@@ -389,10 +392,15 @@ def cmd_device_query(args: argparse.Namespace) -> int:
     log.info("NumPy %s", np.__version__)
     if not backend.cupy_available():
         raise PcnError("no CUDA device is usable (CuPy is not installed or sees no GPU); pcn runs on the CPU")
-    cupy = backend._cupy
-    ids = range(cupy.cuda.runtime.getDeviceCount()) if args.gpu in (None, "all") else [int(g) for g in
-                                                                                        _split_list(args.gpu)]
+    cupy = backend.cupy_module()
+    count = cupy.cuda.runtime.getDeviceCount()
+    try:
+        ids = range(count) if args.gpu in (None, "all") else [int(g) for g in _split_list(args.gpu)]
+    except ValueError:
+        raise PcnError("--gpu takes device ids (integers) or 'all', not %r" % args.gpu) from None
     for d in ids:
+        if not 0 <= d < count:
+            raise PcnError("--gpu %d: no such CUDA device (%d present: 0..%d)" % (d, count, count - 1))
         props = cupy.cuda.runtime.getDeviceProperties(d)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         log.info("Querying GPUs %d", d)

@@ -24,10 +24,12 @@ from .test_reference import CASES, items, kind
 def fake_gpu(monkeypatch):
     fake = fake_cupy.module()
     monkeypatch.setattr(backend, "_cupy", fake)
+    caffe.set_device(0)
     caffe.set_mode_gpu()
     caffe.set_random_seed(1701)
     yield fake
     caffe.set_mode_cpu()
+    monkeypatch.setattr(backend, "_device", 0)
 
 
 def host(a) -> np.ndarray:
@@ -107,3 +109,89 @@ def test_solver_case_on_fake_device(d, tmp_path, fake_gpu):
         p = A["param/" + k.split("/", 1)[1]].astype(np.float64)
         got = host(solver.net.params[layer][i].data).astype(np.float64)
         check(got - p, A[k].astype(np.float64) - p, tol(meta, k), k)
+
+
+# --- the device plumbing: set_mode_gpu, pcn device_query, --gpu, solver_mode: GPU, pcn time --gpu ------------
+CONV_NET = """name: "conv"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 4 dim: 2 dim: 8 dim: 8 } shape { dim: 4 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "lrn" type: "LRN" bottom: "pool" top: "pool" }
+layer { name: "drop" type: "Dropout" bottom: "pool" top: "pool" }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _solver(tmp_path, extra: str = "") -> str:
+    (tmp_path / "net.prototxt").write_text(CONV_NET)
+    path = tmp_path / "solver.prototxt"
+    path.write_text('net: "%s"\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: "fixed"\nmax_iter: 3\ndisplay: 1\n'
+                    'snapshot_prefix: "%s"\n%s' % (tmp_path / "net.prototxt", tmp_path / "snap", extra))
+    return str(path)
+
+
+def test_set_mode_gpu_keeps_cpu_when_the_device_is_refused(fake_gpu):
+    caffe.set_mode_cpu()
+    with pytest.raises(RuntimeError, match="device 3"):
+        caffe.set_device(3)          # the fake has device 0 only
+    backend._device = 3              # as if the device had gone away since
+    with pytest.raises(RuntimeError, match="device 3"):
+        caffe.set_mode_gpu()
+    assert backend.mode() == "cpu"
+    caffe.set_device(0)
+    caffe.set_mode_gpu()
+    assert backend.mode() == "gpu"
+    with pytest.raises(RuntimeError, match="device 5"):
+        caffe.set_device(5)
+    assert backend.mode() == "gpu"
+
+
+def test_device_query(fake_gpu, caplog):
+    from pycaffe_norm.cli import main
+
+    caplog.set_level("INFO", logger="pycaffe_norm")
+    assert main(["device_query"]) == 0
+    assert "Fake CuPy device" in caplog.text
+    assert main(["device_query", "--gpu", "4"]) == 2
+    assert main(["device_query", "--gpu", "x"]) == 2
+
+
+def test_train_with_gpu_flag_runs_on_the_device(fake_gpu, tmp_path, caplog, monkeypatch):
+    from pycaffe_norm import solvers
+    from pycaffe_norm.cli import main
+
+    seen = []
+    original = solvers.SGDSolver.compute_update_value
+
+    def spy(self, i, rate):
+        seen.append(backend.array_module(self.net.learnable_params[i].diff))
+        return original(self, i, rate)
+
+    monkeypatch.setattr(solvers.SGDSolver, "compute_update_value", spy)
+    caplog.set_level("INFO", logger="pycaffe_norm")
+    assert main(["train", "--solver", _solver(tmp_path), "--gpu", "0"]) == 0
+    assert "Using GPUs 0" in caplog.text and seen and all(m is fake_gpu for m in seen)
+    assert main(["train", "--solver", _solver(tmp_path), "--gpu", "2"]) == 2
+
+
+def test_solver_mode_gpu_and_device_id(fake_gpu, tmp_path, caplog):
+    from pycaffe_norm.cli import main
+
+    caplog.set_level("INFO", logger="pycaffe_norm")
+    assert main(["train", "--solver", _solver(tmp_path, "solver_mode: GPU\ndevice_id: 0\n")]) == 0
+    assert "Using GPUs 0" in caplog.text
+    assert main(["train", "--solver", _solver(tmp_path, "solver_mode: GPU\ndevice_id: 1\n")]) == 2
+
+
+def test_time_on_the_device(fake_gpu, tmp_path, caplog):
+    from pycaffe_norm.cli import main
+
+    (tmp_path / "net.prototxt").write_text(CONV_NET)
+    caplog.set_level("INFO", logger="pycaffe_norm")
+    assert main(["time", "--model", str(tmp_path / "net.prototxt"), "--iterations", "2", "--gpu", "0"]) == 0
+    assert "Using GPUs 0" in caplog.text and "Average Forward-Backward" in caplog.text
