@@ -184,3 +184,50 @@ def test_batchnorm_snapshot_test_phase_uses_saved_statistics(tmp_path, at_root):
         np.testing.assert_allclose(y_train, want, rtol=1e-4, atol=1e-4)
         # ... so TRAIN and TEST outputs differ.
         assert np.abs(y_train - out[caffe_pb2.TEST][conv + "_bn"]).max() > 1e-2
+
+
+# --- CIFAR-10-quick variants: Input layers, fed here with a small synthetic batch ------------------------------
+
+CIFAR_VARIANTS = {
+    "cifar10_quick_layernorm": "LayerNorm",
+    "cifar10_quick_groupnorm": "GroupNorm",
+    "cifar10_quick_instancenorm": "InstanceNorm",
+    "cifar10_quick_rmsnorm": "RMSNorm",
+    "cifar10_quick_convnext_grn": "ConvNeXtGRN",
+    "cifar10_quick_batchrenorm": "BatchNorm",
+}
+
+
+@pytest.mark.parametrize("variant,layer_type", sorted(CIFAR_VARIANTS.items()))
+def test_cifar10_quick_variant_trains(variant, layer_type, at_root):
+    """The variant differs from models/cifar10_quick only by its normalization layers, and three SGD steps on a
+    batch of 8 give finite losses and move every learned blob of those layers."""
+    base = caffe_pb2.NetParameter()
+    text_format.Parse((ROOT / "models/cifar10_quick/cifar10_quick_train_test.prototxt").read_text(), base)
+    param = read_solver_param("models/%s/%s_solver.prototxt" % (variant, variant))
+    assert param.net == "models/%s/%s_train_test.prototxt" % (variant, variant)
+    net = caffe_pb2.NetParameter()
+    text_format.Parse((ROOT / param.net).read_text(), net)
+    added = [lp for lp in net.layer if lp.type in (layer_type, "Scale")]
+    assert len([lp for lp in added if lp.type == layer_type]) == 3
+    assert [lp.name for lp in net.layer if lp not in added] == [lp.name for lp in base.layer]
+    for lp in net.layer:
+        if lp.type == "Input":
+            lp.input_param.shape[0].dim[0] = 8
+    param.ClearField("net")
+    param.net_param.CopyFrom(net)
+    param.display = 0
+    solver = get_solver(param)
+    rng = np.random.RandomState(0)
+    labels = np.arange(8) % 10
+    images = rng.randn(8, 3, 32, 32).astype(np.float32) * 10 + labels[:, None, None, None] * 5
+    before = {lp.name: [b.data.copy() for b in solver.net.params[lp.name]] for lp in added if lp.name in
+              solver.net.params}
+    for _ in range(3):
+        solver.net.blobs["data"].data[...] = images
+        solver.net.blobs["label"].data[...] = labels
+        solver.step(1)
+        assert np.isfinite(float(solver.net.blobs["loss"].data))
+    for name, old in before.items():
+        for i, (b, o) in enumerate(zip(solver.net.params[name], old)):
+            assert np.abs(b.data - o).max() > 0, (name, i)
