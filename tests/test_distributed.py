@@ -243,12 +243,15 @@ def _weights(path):
     return {(layer.name, i): np.array(b.data) for layer in net.layer for i, b in enumerate(layer.blobs)}
 
 
-def _lenet_solver(tmp_path, name: str, batch: int) -> str:
-    net = open(ROOT / "models" / "lenet" / "lenet_train_test.prototxt").read()
-    (tmp_path / ("net%d.prototxt" % batch)).write_text(net.replace("batch_size: 64", "batch_size: %d" % batch))
-    solver = open(ROOT / "models" / "lenet" / "lenet_solver.prototxt").read()
-    solver = re.sub(r'net: ".*"', 'net: "%s"' % (tmp_path / ("net%d.prototxt" % batch)), solver)
-    for field, value in (("display", "1"), ("max_iter", "20"), ("snapshot", "10"), ("test_interval", "10"),
+def _lenet_solver(tmp_path, name: str, batch: int, model: str = "lenet", max_iter: int = 20, sync_bn=False) -> str:
+    net = open(ROOT / "models" / model / ("%s_train_test.prototxt" % model)).read()
+    net = net.replace("batch_size: 64", "batch_size: %d" % batch)
+    if sync_bn:
+        net = net.replace('type: "BatchNorm"', 'type: "BatchNorm" batch_norm_param { sync_stats: true }')
+    (tmp_path / ("%s.net.prototxt" % name)).write_text(net)
+    solver = open(ROOT / "models" / model / ("%s_solver.prototxt" % model)).read()
+    solver = re.sub(r'net: ".*"', 'net: "%s"' % (tmp_path / ("%s.net.prototxt" % name)), solver)
+    for field, value in (("display", "1"), ("max_iter", str(max_iter)), ("snapshot", "10"), ("test_interval", "10"),
                          ("test_iter", "2"), ("snapshot_prefix", '"%s"' % (tmp_path / name / "lenet"))):
         solver = re.sub(r"\n%s: .*" % field, "\n%s: %s" % (field, value), solver)
     path = tmp_path / ("%s.prototxt" % name)
@@ -293,3 +296,12 @@ def test_an_error_on_one_rank_ends_every_rank_with_one_line(tmp_path):
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "pcn: error: rank 0 of 2: solver state file not found" in r.stderr
+
+
+@needs_mpi
+def test_synchronized_batchnorm_over_two_ranks_follows_one_process_of_twice_the_batch(tmp_path):
+    one = _losses(_run(["--solver", _lenet_solver(tmp_path, "one", 64, "lenet_bn", max_iter=4)]))
+    synced = _losses(_run(["--solver", _lenet_solver(tmp_path, "sync", 32, "lenet_bn", 4, sync_bn=True)], ranks=2))
+    np.testing.assert_allclose(synced, one, rtol=1e-5)
+    own = _losses(_run(["--solver", _lenet_solver(tmp_path, "own", 32, "lenet_bn", max_iter=4)], ranks=2))
+    assert own[0] != pytest.approx(one[0], rel=1e-5)    # Caffe's default: each rank normalises its own batch

@@ -116,6 +116,7 @@ class BatchNormLayer(Layer):
     def setup(self, bottom: List[Blob], top: List[Blob]) -> None:
         p = self.layer_param.batch_norm_param
         self.maf = _f(p.moving_average_fraction)
+        self.sync_stats = bool(p.sync_stats) and self.phase != TEST   # only rank 0 runs test nets
         self.eps = _f(p.eps)
         explicit = p.HasField("use_global_stats")
         self.use_global_stats = bool(p.use_global_stats) if explicit else self.phase == TEST
@@ -179,12 +180,14 @@ class BatchNormLayer(Layer):
             mean = self.blobs[0].data * factor
             var = self.blobs[1].data * factor
         else:
-            mean = _chan_sum(xp, x3) / dt(m)
+            total, m = _sync_sums(self, xp, _chan_sum(xp, x3), m=m)     # sync_stats: over all ranks' batches
+            mean = total / dt(m)
+        self._m = m
         # x_norm is kept for backward: a later in-place layer may overwrite top (Caffe caches it too)
         xn = _buffer(self, "xnorm", xp, x3.shape, x.dtype)
         xp.subtract(x3, mean[None, :, None], out=xn)
         if not self.use_global_stats:
-            var = _chan_dot(xp, xn, xn) / dt(m)
+            var = _sync_sums(self, xp, _chan_dot(xp, xn, xn))[0] / dt(m)
             if self.renorm:     # r and d come from the running statistics before this batch's update
                 self._rd = _renorm_rd(self, xp, mean, var)
             # Caffe keeps decayed sums; the variance is stored unbiased, m/(m-1).
@@ -233,7 +236,9 @@ class BatchNormLayer(Layer):
             return
         # dx = (dy - mean(dy) - mean(dy * x_norm) * x_norm) / std, means over N and the spatial axes
         dt = xn.dtype.type
-        m = dt(xn.shape[0] * xn.shape[2])
+        m = dt(self._m)
+        if self.sync_stats:     # the gradient of statistics over all ranks' batches needs the sums over all ranks
+            sums = _sync_sums(self, xp, *sums)
         tmp = _buffer(self, "tmp", xp, xn.shape, xn.dtype)
         xp.multiply(xn, (sums[1] / m)[None, :, None], out=tmp)
         xp.subtract(dy, (sums[0] / m)[None, :, None], out=dx)     # dx may be dy (in place): read first
@@ -268,6 +273,23 @@ def _renorm_rd(layer: Layer, xp, mean, var):
     r = xp.clip(xp.sqrt(var + dt(layer.eps)) / sigma_run, dt(1 / r_max), dt(r_max))
     d = xp.clip((mean - layer.blobs[0].data / dt(s)) / sigma_run, dt(-d_max), dt(d_max))
     return r.astype(mean.dtype), d.astype(mean.dtype)
+
+
+def _sync_sums(layer: Layer, xp, *sums, m: int = 0):
+    """``sums`` (per-channel arrays) and ``m`` summed over the data-parallel ranks when the layer has sync_stats and
+    several ranks train together (one allreduce, in float64); else returned as they are. Returns (*sums, m)."""
+    from .. import distributed
+
+    comm = distributed.communicator()
+    if not layer.sync_stats or comm is None or comm.size == 1:
+        return sums + (m,)
+    host = np.concatenate([backend.to_numpy(a).astype(np.float64).ravel() for a in sums] + [np.array([float(m)])])
+    comm.allreduce_sum(host)
+    out, o = [], 0
+    for a in sums:
+        out.append(xp.asarray(host[o:o + a.size].reshape(a.shape).astype(a.dtype)))
+        o += a.size
+    return tuple(out) + (int(round(host[-1])),)
 
 
 def _buffer(layer: Layer, name: str, xp, shape, dtype):
