@@ -12,7 +12,9 @@ times ``y = op(x); y.backward(dy)`` the same way, with ``torch.set_num_threads``
 NumPy's BLAS uses. The pcn layers run in Caffe's semantics (BatchNorm in TRAIN also updates its running sums);
 the PyTorch equivalents are listed in ``CASES``. The forward outputs of both are compared (``max|diff|``) so
 that the pairs are known to compute the same thing. Targets from the project: LRN at most 0.5x PyTorch's
-``local_response_norm``, BatchNorm at most 1.5x PyTorch's ``batch_norm``. It prints a table and asserts nothing.
+``local_response_norm``, BatchNorm at most 1.5x PyTorch's ``batch_norm``, and LayerNorm, GroupNorm, InstanceNorm,
+RMSNorm, ConvNeXtGRN and Batch Renormalization at most 1.5x their PyTorch operations. It prints a table and
+asserts nothing.
 """
 from __future__ import annotations
 
@@ -50,6 +52,16 @@ CASES: List[Tuple[str, str, Optional[float], str]] = [
     ("Normalize (per position, per-channel scale)",
      'type: "Normalize" norm_param { across_spatial: false channel_shared: false '
      'scale_filler { type: "constant" value: 20 } }', None, "normalize_scaled"),
+    ("LayerNorm (C, H, W; affine)", 'type: "LayerNorm" layer_norm_param { axis: 1 epsilon: 1e-5 '
+     'elementwise_affine: true }', 1.5, "layer_norm"),
+    ("GroupNorm (8 groups, affine)", 'type: "GroupNorm" group_norm_param { num_groups: 8 }', 1.5, "group_norm"),
+    ("InstanceNorm (affine, running stats)", 'type: "InstanceNorm" instance_norm_param { affine: true '
+     'track_running_stats: true }', 1.5, "instance_norm"),
+    ("RMSNorm (C, H, W; weight)", 'type: "RMSNorm" rms_norm_param { axis: 1 }', 1.5, "rms_norm"),
+    ("ConvNeXtGRN", 'type: "ConvNeXtGRN" convnext_grn_param { gamma_filler { type: "constant" value: 0.5 } '
+     'beta_filler { type: "constant" value: 0.1 } }', 1.5, "convnext_grn"),
+    ("BatchNorm TRAIN, Batch Renormalization", 'type: "BatchNorm" batch_norm_param { renorm: true }', 1.5,
+     "batch_renorm"),
 ]
 
 # What each PyTorch column computes (printed under the table).
@@ -62,6 +74,14 @@ TORCH_DOC = {
     "normalize_sample": "F.normalize(x.flatten(1), p=2, dim=1, eps=0)",
     "normalize_channels": "F.normalize(x, p=2, dim=1, eps=0)",
     "normalize_scaled": "x / sqrt(sum_c x^2 + 1e-10) * w[None, :, None, None] (w requires grad)",
+    "layer_norm": "F.layer_norm(x, x.shape[1:], w, b, eps=1e-5) (w, b require grad)",
+    "group_norm": "F.group_norm(x, 8, w, b, eps=1e-5) (w, b require grad)",
+    "instance_norm": "F.instance_norm(x, running_mean, running_var, w, b, use_input_stats=True) (w, b require grad)",
+    "rms_norm": "F.rms_norm(x, x.shape[1:], w, eps=1e-5) (w requires grad)",
+    "convnext_grn": "ConvNeXt-V2's GRN: gamma * (x * Nx) + beta + x, Nx from torch.norm over H, W (gamma, beta require "
+                    "grad)",
+    "batch_renorm": "Ioffe's algorithm in torch ops, r and d detached, running statistics 0 and 1 (pcn's are the "
+                    "data's, so max|diff| is not 0)",
 }
 
 
@@ -117,8 +137,9 @@ def pcn_case(spec: str, x: np.ndarray, dy: np.ndarray):
     return both, fwd, bwd, top
 
 
-def _torch_ops(torch, c: int):
+def _torch_ops(torch, shape: Tuple[int, ...]):
     F = torch.nn.functional
+    c = shape[1]
     w = torch.full((c,), 20.0, requires_grad=True)
     s = torch.ones(c, requires_grad=True)
     b = torch.zeros(c, requires_grad=True)
@@ -132,7 +153,31 @@ def _torch_ops(torch, c: int):
         xc = x - x.mean(dim=(2, 3), keepdim=True)
         return xc / ((xc * xc).mean(dim=(2, 3), keepdim=True).sqrt() + 1e-9)
 
+    irm, irv = torch.zeros(c), torch.ones(c)
+    wl = torch.ones(shape[1:], requires_grad=True)
+    bl = torch.zeros(shape[1:], requires_grad=True)
+    gamma, beta = torch.full((c,), 0.5, requires_grad=True), torch.full((c,), 0.1, requires_grad=True)
+
+    def convnext_grn(x):
+        gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return gamma[None, :, None, None] * (x * nx) + beta[None, :, None, None] + x
+
+    def batch_renorm(x):
+        mu, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+        sigma = (var + 1e-5).sqrt()
+        r = torch.clamp((sigma / (rv + 1e-5).sqrt()).detach(), 1 / 3.0, 3.0)
+        d = torch.clamp(((mu - rm) / (rv + 1e-5).sqrt()).detach(), -5.0, 5.0)
+        return ((x - mu[None, :, None, None]) / sigma[None, :, None, None] * r[None, :, None, None]
+                + d[None, :, None, None])
+
     return {
+        "layer_norm": lambda x: F.layer_norm(x, x.shape[1:], wl, bl, eps=1e-5),
+        "group_norm": lambda x: F.group_norm(x, 8, s, b, eps=1e-5),
+        "instance_norm": lambda x: F.instance_norm(x, irm, irv, s, b, use_input_stats=True),
+        "rms_norm": lambda x: F.rms_norm(x, x.shape[1:], wl, eps=1e-5),
+        "convnext_grn": convnext_grn,
+        "batch_renorm": batch_renorm,
         "batch_norm": lambda x: F.batch_norm(x, rm, rv, training=True, momentum=0.001, eps=1e-5),
         "scale": lambda x: x * s[None, :, None, None] + b[None, :, None, None],
         "local_response_norm": lambda x: F.local_response_norm(x, 5, alpha=1.0, beta=0.75, k=1.0),
@@ -199,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             _, t_bwd = _median_ms(bwd, args.repeat)
             row = "%-44s %-15s %8.2f %8.2f %8.2f" % (name, shape_text, t_fwd, t_bwd, t_both)
             if torch is not None:
-                op = _torch_ops(torch, shape[1])[torch_key]
+                op = _torch_ops(torch, shape)[torch_key]
                 t_run, y_of = torch_case(torch, op, x, dy)
                 med_torch, t_torch = _median_ms(t_run, args.repeat)
                 fwd()   # pcn's forward on the same input (BatchNorm: batch statistics either way)

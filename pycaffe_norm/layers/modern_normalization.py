@@ -156,6 +156,9 @@ class _RowNormLayer(Layer):
         xp = bottom[0].xp
         xh = self._buffers["xhat"]
         dy2 = top[0].diff.reshape(xh.shape)
+        if self.layout == "channel":
+            self._channel_backward(xp, dy2, xh, propagate_down[0], bottom[0])
+            return
         g = self._affine_backward(xp, dy2, xh, bottom[0])
         if not propagate_down[0]:
             return
@@ -170,6 +173,43 @@ class _RowNormLayer(Layer):
         dx = bottom[0].diff.reshape(xh.shape)
         xp.subtract(g, tmp, out=dx)          # dx may be g (in place, no affine): g is read for the last time
         dx *= self._inv[:, None]
+
+
+    def _channel_backward(self, xp, dy2, xh, propagate_down: bool, bottom: Blob) -> None:
+        """The backward for rows made of whole channels (GroupNorm, InstanceNorm): the sums are taken once per
+        (n, c), for the parameter gradients, and combined per group; then
+        dx = (dy * w + x_hat * B + C) * inv with per-(n, c) B = -mean(g * x_hat), C = -mean(g), g = dy * w."""
+        n, c, s = self._ncs(bottom)
+        groups = xh.shape[0] // n
+        dt = xh.dtype.type
+        sum_dy = _row_sum(xp, dy2.reshape(n * c, s)).reshape(n, c)
+        sum_dyx = _row_dot(xp, dy2.reshape(n * c, s), xh.reshape(n * c, s)).reshape(n, c)
+        if self.affine:
+            i = self.first_affine
+            if self.param_propagate_down[i]:
+                self.blobs[i].diff[...] += sum_dyx.sum(axis=0)
+            if self.param_propagate_down[i + 1]:
+                self.blobs[i + 1].diff[...] += sum_dy.sum(axis=0)
+        if not propagate_down:
+            return
+        w = self.blobs[self.first_affine].data if self.affine else None
+        g_sum, gx_sum = (sum_dy * w[None, :], sum_dyx * w[None, :]) if w is not None else (sum_dy, sum_dyx)
+        m = dt(xh.shape[1])
+        per_group = c // groups
+        b_coef = xp.repeat(-gx_sum.reshape(n, groups, per_group).sum(axis=2) / m, per_group, axis=1)
+        c_coef = xp.repeat(-g_sum.reshape(n, groups, per_group).sum(axis=2) / m, per_group, axis=1)
+        inv = xp.repeat(self._inv.reshape(n, groups), per_group, axis=1)
+        dy3, xh3 = dy2.reshape(n, c, s), xh.reshape(n, c, s)
+        tmp = _buffer(self, "tmp", xp, xh3.shape, xh.dtype)
+        xp.multiply(xh3, b_coef[:, :, None], out=tmp)
+        tmp += c_coef[:, :, None]
+        dx = bottom.diff.reshape(n, c, s)
+        if w is not None:
+            xp.multiply(dy3, w[None, :, None], out=dx)       # dx may be dy (in place): elementwise
+            dx += tmp
+        else:
+            xp.add(dy3, tmp, out=dx)
+        dx *= inv[:, :, None]
 
 
 def _trailing_axis(layer: Layer, blob: Blob, axis: int) -> int:
