@@ -489,6 +489,7 @@ class ConvNeXtGRNLayer(Layer):
         dt = x3.dtype.type
         g = xp.sqrt(_row_dot(xp, x3.reshape(-1, x3.shape[2]), x3.reshape(-1, x3.shape[2]))).reshape(x3.shape[:2])
         d = g.mean(axis=1) + dt(self.eps)                      # (N,)
+        d = xp.where(d == 0, dt(1), d)           # an all-zero sample with eps 0: Nx = 0 (not 0 / 0)
         nx = g / d[:, None]
         self._g, self._d, self._nx = g, d, nx
         self._x = x3.copy() if top[0] is bottom[0] else None

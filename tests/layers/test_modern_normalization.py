@@ -360,3 +360,17 @@ def test_channel_change_after_setup_is_a_shape_error():
         bottom[0].reshape((2, 6, 5))
         with pytest.raises(ShapeError, match="'l'"):
             layer.reshape(bottom, top)
+
+
+def test_convnext_grn_all_zero_sample_with_eps_0_is_finite():
+    layer = layer_of('type: "ConvNeXtGRN" convnext_grn_param { eps: 0 beta_filler { type: "constant" value: 0.5 } '
+                     'gamma_filler { type: "constant" value: 2 } }')
+    x = np.zeros((2, 3, 2, 2))
+    x[1] = np.random.RandomState(9).randn(3, 2, 2)
+    bottom, top = [make_blob(x)], [make_blob(np.zeros(0))]
+    layer.initialize(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data[0], 0.5)      # y = beta where the sample is all zero
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)
+    assert np.all(np.isfinite(bottom[0].diff)) and np.all(np.isfinite(top[0].data))
