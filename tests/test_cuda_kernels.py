@@ -76,3 +76,117 @@ def test_kernels_are_off_without_cupy():
             assert not ck.enabled(backend.cupy_module())
         finally:
             ck.USE_KERNELS = old
+
+
+# --- the launch glue, checked on the CPU: every launch's arguments against its kernel's C signature -----------------
+_PARAM = re.compile(r"(const\s+)?(T|int|long long)\s*(\*)?\s*(\w+)$")
+
+
+def _signatures(dtype: str) -> dict:
+    """name -> [(is_pointer, is_const, C type with T resolved)] of every kernel."""
+    t = {"float32": "float", "float64": "double"}[dtype]
+    out = {}
+    for src in ck.SOURCES.values():
+        for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', src):
+            sig = []
+            for p in " ".join(params.split()).split(","):
+                m = _PARAM.match(p.strip())
+                assert m, (name, p)
+                sig.append((bool(m.group(3)), bool(m.group(1)), t if m.group(2) == "T" else m.group(2)))
+            out[name] = sig
+    return out
+
+
+_SCALAR_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64}
+
+
+class _CheckingModule:
+    """Stands in for cupy.RawModule: each launch checks its arguments against the C signature, then zeroes the
+    arrays the kernel may write (so the net goes on with finite numbers), and is recorded."""
+
+    launched: set = set()
+
+    def __init__(self, code: str, options=()) -> None:
+        self.dtype = "float64" if "typedef double T;" in code else "float32"
+        self.sigs = _signatures(self.dtype)
+
+    def get_function(self, name: str):
+        from tests.fake_cupy import DeviceArray
+
+        sig = self.sigs[name]
+
+        def launch(grid, block, args):
+            assert all(isinstance(v, int) and v > 0 for v in grid + block), (name, grid, block)
+            assert len(args) == len(sig), "%s: %d arguments, the kernel takes %d" % (name, len(args), len(sig))
+            for i, (arg, (pointer, const, ctype)) in enumerate(zip(args, sig)):
+                if pointer:
+                    assert isinstance(arg, DeviceArray), (name, i, type(arg))
+                    want = {"int": np.int32, "float": np.float32, "double": np.float64}[ctype]
+                    assert arg.dtype == want, "%s argument %d: %s array for %s*" % (name, i, arg.dtype, ctype)
+                    assert arg.flags.c_contiguous, "%s argument %d is not contiguous" % (name, i)
+                else:
+                    assert type(arg) is _SCALAR_TYPES[ctype], "%s argument %d: %s for %s" % (name, i, type(arg),
+                                                                                              ctype)
+            for arg, (pointer, const, _) in zip(args, sig):
+                if pointer and not const:
+                    arg._a[...] = 0
+            _CheckingModule.launched.add(name)
+
+        return launch
+
+
+@pytest.fixture
+def checking_device(monkeypatch):
+    from pycaffe_norm import random as pcn_random
+    from tests import fake_cupy
+
+    fake = fake_cupy.module()
+    fake.RawModule = _CheckingModule
+    monkeypatch.setattr(backend, "_cupy", fake)
+    monkeypatch.setattr(ck, "_cache", {})
+    import pycaffe_norm as caffe
+
+    caffe.set_device(0)
+    caffe.set_mode_gpu()
+    pcn_random.set_random_seed(3)
+    assert ck.enabled(fake)
+    yield fake
+    caffe.set_mode_cpu()
+
+
+def test_every_kernel_launch_matches_its_signature(checking_device, tmp_path):
+    """The reference cases' nets and solvers run in GPU mode on the checking device: every kernel is launched with
+    arguments of its C signature (count, array dtypes, contiguity, scalar widths)."""
+    import pycaffe_norm as caffe
+    from tests.reference_check import load
+    from tests.test_reference import CASES, items, kind
+
+    _CheckingModule.launched = set()
+    for d in CASES:
+        meta, A = load(d)
+        if kind(d) == "solver":
+            sp = tmp_path / "solver.prototxt"
+            sp.write_text('net: "%s"\nsnapshot_prefix: "%s"\n' % (d / "net.prototxt", tmp_path / "snap")
+                          + (d / "solver.prototxt").read_text())
+            solver = caffe.get_solver(str(sp))
+            solver.allow_nan = True
+            for b in meta["inputs"]:
+                solver.net.blobs[b].data[...] = A["in/%s/0" % b]
+            solver.step(2)
+            continue
+        net = caffe.Net(str(d / "net.prototxt"), getattr(caffe, meta["phase"]))
+        for k, layer, i in items(A, "param/"):
+            net.params[layer][i].data[...] = A[k]
+        for b in meta["inputs"]:
+            net.blobs[b].data[...] = A["in/" + b]
+        net.forward()
+        if meta["backward"]:
+            net.backward()
+    drop = tmp_path / "dropout.prototxt"     # no reference case runs Dropout in TRAIN
+    drop.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+                    'layer { name: "d" type: "Dropout" bottom: "x" top: "y" }\nforce_backward: true\n')
+    net = caffe.Net(str(drop), caffe.TRAIN)
+    net.forward()
+    net.backward()
+    never = {n for names in ck.KERNEL_NAMES.values() for n in names} - _CheckingModule.launched
+    assert not never, "kernels no case launched: %s" % sorted(never)
