@@ -167,7 +167,8 @@ def run_net(path: str, batch: int) -> Tuple[str, str]:
 
 
 def port_one(path: str, out_dir: str, batch: int) -> List[str]:
-    """One table row: file, kind, parse, port, build, run, reason."""
+    """One table row: file, kind, parse, port (and porting the output again gives it unchanged), build, run,
+    reason."""
     out = os.path.join(out_dir, path.replace(os.sep, "_").strip("_"))
     text = open(path, "rb").read().decode("utf-8-sig", errors="replace")
     kind = port.file_kind(text, path)
@@ -186,6 +187,13 @@ def port_one(path: str, out_dir: str, batch: int) -> List[str]:
         row[3], row[6] = "CRASH", "%s: %s" % (type(e).__name__, e)
         return row
     row[3] = "ok"
+    again = out + ".again"
+    port.run_port(out, again)
+    same = open(out, "rb").read() == open(again, "rb").read()
+    os.unlink(again)
+    if not same:
+        row[3], row[6] = "FAIL", "porting the output again gives a different file"
+        return row
     if kind == "solver":
         return row
     try:
