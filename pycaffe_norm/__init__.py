@@ -13,6 +13,7 @@ from .cli import init_log  # noqa: F401,E402
 from .cli import log_info as log  # noqa: F401,E402
 from .distributed import (  # noqa: F401,E402
     NCCL,
+    Timer,
     set_multiprocess,
     set_solver_count,
     set_solver_rank,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from typing import Callable, List, Optional, Tuple
 
@@ -325,3 +326,24 @@ class NCCL(DataParallel):
     @staticmethod
     def new_uid() -> bytes:
         return uuid.uuid4().bytes
+
+
+class Timer:
+    """pycaffe's ``caffe.Timer`` (BVLC's ``python/train.py --timing`` times layers and the gradient sums with it):
+    ``start()``, ``stop()``, and ``ms``, the milliseconds between the last start and stop."""
+
+    def __init__(self):
+        self._start = None
+        self._ms = 0.0
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._start is not None:
+            self._ms = (time.perf_counter() - self._start) * 1e3
+            self._start = None
+
+    @property
+    def ms(self) -> float:
+        return self._ms

@@ -203,6 +203,11 @@ def test_pycaffe_names():
     caffe.log("pycaffe's caffe.log writes an INFO line")
     with pytest.raises(caffe.errors.PcnError, match="solver count"):
         caffe.set_solver_count(0)
+    timer = caffe.Timer()
+    timer.start()
+    sum(range(10000))
+    timer.stop()
+    assert timer.ms > 0
 
 
 # --- 2 ranks under mpirun ----------------------------------------------------------------------------------
