@@ -231,3 +231,29 @@ def test_cifar10_quick_variant_trains(variant, layer_type, at_root):
     for name, old in before.items():
         for i, (b, o) in enumerate(zip(solver.net.params[name], old)):
             assert np.abs(b.data - o).max() > 0, (name, i)
+
+
+def test_lenet_batchrenorm_with_renormalization_from_the_start(tmp_path, at_root):
+    """lenet_batchrenorm's ramp starts at iteration 100; with r_max 3 and d_max 5 from iteration 0 the loss falls
+    as well, r and d leave 1 and 0, and each BatchNorm's counter blob counts the iterations."""
+    param = _short_solver("lenet_batchrenorm", tmp_path, ITERS)
+    net = caffe_pb2.NetParameter()
+    text_format.Parse((ROOT / param.net).read_text(), net)
+    for layer in net.layer:
+        if layer.type == "BatchNorm":
+            p = layer.batch_norm_param
+            p.renorm_ramp_start = p.r_max_ramp_end = p.d_max_ramp_end = 0
+    param.ClearField("net")
+    param.net_param.CopyFrom(net)
+    solver = get_solver(param)
+    losses, moved = [], 0
+    for _ in range(ITERS):
+        solver.step(1)
+        losses.append(solver.smoothed_loss)
+        for layer in solver.net.layers:
+            if layer.type == "BatchNorm" and layer._rd is not None:
+                moved += int(np.abs(layer._rd[0] - 1).max() > 1e-3 or np.abs(layer._rd[1]).max() > 1e-3)
+    assert np.all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
+    assert moved > ITERS // 2
+    counters = [layer.blobs[-1].data[0] for layer in solver.net.layers if layer.type == "BatchNorm"]
+    assert counters == [ITERS, ITERS]
