@@ -36,6 +36,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 PHASES = ("forward", "backward", "step")
+# The workers' clock: wall time, or (--clock cpu) the process's CPU time, which a loaded machine disturbs far less
+# (with one thread it is about the time the work takes on an idle core).
+clock = time.perf_counter
 
 _CONV = ('layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" convolution_param {{ '
          'num_output: {out} kernel_size: {k} stride: {s} pad: {p} group: {g} bias_term: {bias} '
@@ -237,13 +240,13 @@ class PcnWorker:
     def time(self, reps: int) -> dict:
         best = dict.fromkeys(PHASES, float("inf"))
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0 = clock()
             self.net.forward()
-            t1 = time.perf_counter()
+            t1 = clock()
             self.net.backward()
-            t2 = time.perf_counter()
+            t2 = clock()
             self.solver.step(1)
-            t3 = time.perf_counter()
+            t3 = clock()
             for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)):
                 best[k] = min(best[k], v)
         return best
@@ -253,13 +256,13 @@ class PcnWorker:
         best = [[float("inf"), float("inf")] for _ in names]
         for _ in range(reps):
             for i, name in enumerate(names):
-                t = time.perf_counter()
+                t = clock()
                 net.forward(start=name, end=name)
-                best[i][0] = min(best[i][0], time.perf_counter() - t)
+                best[i][0] = min(best[i][0], clock() - t)
             for i in range(len(names) - 1, -1, -1):
-                t = time.perf_counter()
+                t = clock()
                 net.backward(start=names[i], end=names[i])
-                best[i][1] = min(best[i][1], time.perf_counter() - t)
+                best[i][1] = min(best[i][1], clock() - t)
         return [(name, self.net.layers[i].type, f, b) for i, (name, (f, b)) in enumerate(zip(names, best))]
 
     def info(self) -> dict:
@@ -351,13 +354,13 @@ class TorchWorker:
         best = dict.fromkeys(PHASES, float("inf"))
         for _ in range(reps):
             self.opt.zero_grad(set_to_none=False)
-            t0 = time.perf_counter()
+            t0 = clock()
             loss = self._forward()
-            t1 = time.perf_counter()
+            t1 = clock()
             loss.backward()
-            t2 = time.perf_counter()
+            t2 = clock()
             self._step()
-            t3 = time.perf_counter()
+            t3 = clock()
             for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)):
                 best[k] = min(best[k], v)
         return best
@@ -389,11 +392,14 @@ def serve(kind: str, net: str, threads: int) -> int:
     return 0
 
 
+CLOCK_NAME = {time.perf_counter: "wall", time.process_time: "cpu"}
+
+
 class Worker:
     def __init__(self, kind: str, net: str, threads: int, env: dict) -> None:
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", kind, "--nets", net,
-                                      "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, cwd=ROOT)
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--nets", net, "--threads", str(threads),
+               "--clock", CLOCK_NAME[clock]]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.ask(None)
 
     def ask(self, cmd):
@@ -415,6 +421,7 @@ class Worker:
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """NumPy's float32 n x n matrix-product rate (best of ``repeats``, on ``clock``), GFLOP/s."""
     import numpy as np
 
     r = np.random.RandomState(0)
@@ -423,9 +430,9 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     np.matmul(a, b, out=c)
     best = float("inf")
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return 2.0 * n ** 3 / best / 1e9
 
 
@@ -435,12 +442,16 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="turns per framework, alternating (default: 5)")
     ap.add_argument("--reps", type=int, default=2, help="iterations per turn (default: 2)")
     ap.add_argument("--threads", type=int, help="BLAS / torch / pcn threads (default: the CPU count)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time (default) or process CPU time (steadier on a shared machine; use with --threads 1)")
     ap.add_argument("--no-torch", action="store_true", help="pcn only")
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     ap.add_argument("--no-normalization", action="store_true", help="skip the LRN/BatchNorm layer comparison")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.serve:
         return serve(args.serve, args.nets, threads)
     nets = [n for n in args.nets.split(",") if n]
@@ -462,9 +473,12 @@ def main(argv=None) -> int:
     import numpy as np
 
     gemm = gemm_gflops()
-    print("pcn vs PyTorch: %s, %d CPU(s), Python %s, NumPy %s, %d thread(s); %d rounds x %d reps, minimum; "
-          "NumPy float32 GEMM %.1f GFLOP/s" % (platform.machine(), os.cpu_count() or 0, platform.python_version(),
-                                               np.__version__, threads, args.rounds, args.reps, gemm))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print("pcn vs PyTorch: %s, %d CPU(s), load average %.1f, Python %s, NumPy %s, %d thread(s), %s time; %d rounds "
+          "x %d reps, minimum; NumPy float32 GEMM %.1f GFLOP/s%s"
+          % (platform.machine(), os.cpu_count() or 0, load, platform.python_version(), np.__version__, threads,
+             args.clock, args.rounds, args.reps, gemm,
+             ", OPENBLAS_CORETYPE=" + env["OPENBLAS_CORETYPE"] if env.get("OPENBLAS_CORETYPE") else ""))
     header = "%-14s %5s %-9s %9s %9s %7s %8s %7s %9s %9s" % ("net", "batch", "phase", "pcn ms", "torch ms", "ratio",
                                                           "GFLOP/s", "% GEMM", "pcn MiB", "torch MiB")
     print(header)
