@@ -140,6 +140,12 @@ class Communicator:
     def barrier(self) -> None:
         self.comm.Barrier()
 
+    def idle_barrier(self, interval: float = 0.002) -> None:
+        """A barrier that sleeps while it waits (MPI's own spins on a core that a busy rank may need)."""
+        request = self.comm.Ibarrier()
+        while not request.Test():
+            time.sleep(interval)
+
 
 def communicator() -> Optional[Communicator]:
     """The communicator that :func:`init` set up, or None in a single process."""
@@ -303,6 +309,10 @@ class DataParallel:
         self.comm.allreduce_sum(buf)
         agreed = "stop" if buf[2] else "snapshot" if buf[1] else "none"
         return float(buf[0] / self.comm.size), agreed
+
+    def wait_idle(self) -> None:
+        """Waits, sleeping, for every rank (while rank 0 tests, the others would spin in the next sum)."""
+        self.comm.idle_barrier()
 
     def mean(self, value: float) -> float:
         buf = np.array([float(value)], dtype=np.float64)

@@ -289,6 +289,8 @@ class Solver:
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 if distributed.root_solver():    # as Caffe: only rank 0 tests
                     self.test_all()
+                if self.parallel is not None:    # the other ranks wait idle, leaving rank 0 the cores
+                    self.parallel.wait_idle()
                 if self.requested_early_exit:
                     break
             for cb in self._callbacks:
