@@ -190,3 +190,67 @@ def test_every_kernel_launch_matches_its_signature(checking_device, tmp_path):
     net.backward()
     never = {n for names in ck.KERNEL_NAMES.values() for n in names} - _CheckingModule.launched
     assert not never, "kernels no case launched: %s" % sorted(never)
+
+
+# --- the kernels' arithmetic, on the CPU: the reference cases with every kernel compiled for the host ----------------
+@pytest.fixture
+def emulated_device(monkeypatch):
+    from tests import cuda_emulator, fake_cupy
+
+    if cuda_emulator.COMPILER is None:
+        pytest.skip("needs a C++ compiler (g++, c++ or clang++) to run the kernels on the CPU")
+    fake = fake_cupy.module()
+    fake.RawModule = cuda_emulator.EmulatedModule
+    monkeypatch.setattr(backend, "_cupy", fake)
+    monkeypatch.setattr(ck, "_cache", {})
+    import pycaffe_norm as caffe
+
+    caffe.set_device(0)
+    caffe.set_mode_gpu()
+    caffe.set_random_seed(1701)
+    assert ck.enabled(fake)
+    yield cuda_emulator.EmulatedModule
+    caffe.set_mode_cpu()
+
+
+def _cases(solver: bool):
+    from tests.test_reference import CASES, kind
+
+    return [d for d in CASES if (kind(d) == "solver") == solver]
+
+
+@pytest.mark.parametrize("d", _cases(False), ids=lambda d: d.name)
+def test_reference_case_with_emulated_kernels(d, emulated_device):
+    from tests.test_fake_device import run_reference_case
+
+    run_reference_case(d)
+
+
+@pytest.mark.parametrize("d", _cases(True), ids=lambda d: d.name)
+def test_solver_case_with_emulated_kernels(d, emulated_device, tmp_path):
+    from tests.test_fake_device import run_solver_case
+
+    run_solver_case(d, tmp_path)
+
+
+def test_dropout_kernel_emulated(emulated_device):
+    import pycaffe_norm as caffe
+    from pycaffe_norm.blob import Blob
+    from pycaffe_norm.layers.neuron import DropoutLayer
+    from pycaffe_norm.proto import caffe_pb2
+
+    lp = caffe_pb2.LayerParameter(name="drop", type="Dropout")
+    lp.dropout_param.dropout_ratio = 0.25
+    layer = DropoutLayer(lp, caffe.TRAIN)
+    x, y = Blob((64, 1000)), Blob((64, 1000))
+    x.data[...] = np.float32(2)
+    layer.initialize([x], [y])
+    layer.forward([x], [y])
+    out = backend.to_numpy(y.data)
+    kept = out != 0
+    assert abs(kept.mean() - 0.75) < 0.01
+    np.testing.assert_allclose(out[kept], 2 / 0.75, rtol=1e-6)
+    y.diff[...] = np.float32(1)
+    layer.backward([y], [True], [x])
+    np.testing.assert_allclose(backend.to_numpy(x.diff), out / 2, rtol=1e-6)
+    assert "dropout_forward" in emulated_device.launched

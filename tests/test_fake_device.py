@@ -61,6 +61,16 @@ def test_blobs_live_on_the_fake_device(fake_gpu):
 
 @pytest.mark.parametrize("d", [d for d in CASES if kind(d) != "solver"], ids=lambda d: d.name)
 def test_reference_case_on_fake_device(d, fake_gpu):
+    run_reference_case(d)
+
+
+@pytest.mark.parametrize("d", [d for d in CASES if kind(d) == "solver"], ids=lambda d: d.name)
+def test_solver_case_on_fake_device(d, tmp_path, fake_gpu):
+    run_solver_case(d, tmp_path)
+
+
+def run_reference_case(d) -> None:
+    """A reference case in GPU mode (whatever device backend._cupy is), checked against its stored outputs."""
     meta, A = load(d)
     phase = getattr(caffe, meta["phase"])
     if meta.get("weights"):
@@ -89,8 +99,8 @@ def test_reference_case_on_fake_device(d, fake_gpu):
             check(host(net.params[layer][i].diff), A[k], tol(meta, k), k)
 
 
-@pytest.mark.parametrize("d", [d for d in CASES if kind(d) == "solver"], ids=lambda d: d.name)
-def test_solver_case_on_fake_device(d, tmp_path, fake_gpu):
+def run_solver_case(d, tmp_path) -> None:
+    """A solver case in GPU mode: its losses and final parameters against the stored trajectory."""
     meta, A = load(d)
     sp = tmp_path / "solver.prototxt"
     sp.write_text('net: "%s"\nsnapshot_prefix: "%s"\n' % (d / "net.prototxt", tmp_path / "snap")
