@@ -19,7 +19,8 @@ Sections:
 
 Prints a summary, writes every number to ``--out`` (JSON), and exits with status 1 when a correctness check
 fails (a missed speed target is reported as MISS; ``--strict-speed`` makes it fail too). ``--dry-run`` runs the
-CPU half of each section with few cases and iterations, and PyTorch on the CPU.
+CPU half of each section with few cases and iterations, PyTorch on the CPU, and the GPU half of the reference
+section on the fake device of tests/fake_cupy.py (generic code, and the kernels compiled for the CPU).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ if ROOT not in sys.path:
 import pycaffe_norm as caffe  # noqa: E402
 from pycaffe_norm import backend  # noqa: E402
 from pycaffe_norm.layers import cuda_kernels  # noqa: E402
-from tests import fake_cupy  # noqa: E402
+from tests import cuda_emulator, fake_cupy  # noqa: E402
 from tests.reference_check import DEFAULT_TOLERANCE, check, load, tol  # noqa: E402
 from tests.test_reference import CASES, items, kind  # noqa: E402
 
@@ -200,11 +201,17 @@ def section_reference(args, report: dict) -> bool:
         set_device(False)
         cpu = run_case(d)
         row["cpu_vs_caffe"] = compare(cpu, stored, meta, False, A)
-        # a dry run takes the GPU half's path on tests/fake_cupy.py's stand-in device (generic code only)
-        modes = [("fake_device", False)] if args.dry_run else [("kernels", True), ("generic", False)]
+        # a dry run takes the GPU half's path on tests/fake_cupy.py's stand-in device: the generic code, and the
+        # kernels compiled for the CPU by tests/cuda_emulator.py where a C++ compiler is there
+        modes = [("kernels", True), ("generic", False)]
+        if args.dry_run:
+            modes = [("fake_device", False)] + ([("emulated_kernels", True)] if cuda_emulator.COMPILER else [])
         for name, kernels in modes:
             if args.dry_run:
                 backend._cupy = fake_cupy.module()
+                if kernels:
+                    backend._cupy.RawModule = cuda_emulator.EmulatedModule
+                    cuda_kernels._cache.clear()
             set_device(True, kernels)
             t = time.perf_counter()
             try:
@@ -216,6 +223,7 @@ def section_reference(args, report: dict) -> bool:
             row[name + "_ms"] = 1e3 * (time.perf_counter() - t)
         set_device(False)
         backend._cupy = real_cupy
+        cuda_kernels._cache.clear()
         bad = {k: v for k, v in row.items() if k != "case" and not k.endswith("_ms") and v}
         ok &= not bad
         rows.append(row)

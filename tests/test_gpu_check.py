@@ -29,6 +29,8 @@ def test_dry_run_reference_section(tmp_path, capsys):
     assert names == set(gpu_check.DRY_RUN_CASES)
     for row in report["reference"]:
         assert row["cpu_vs_caffe"] == [] and row["fake_device_vs_caffe"] == [] and row["fake_device_vs_cpu"] == []
+        if gpu_check.cuda_emulator.COMPILER:
+            assert row["emulated_kernels_vs_caffe"] == [] and row["emulated_kernels_vs_cpu"] == []
     assert backend.mode() == "cpu" and "all checks passed" in capsys.readouterr().out
 
 
