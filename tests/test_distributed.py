@@ -310,3 +310,49 @@ def test_synchronized_batchnorm_over_two_ranks_follows_one_process_of_twice_the_
     np.testing.assert_allclose(synced, one, rtol=1e-5)
     own = _losses(_run(["--solver", _lenet_solver(tmp_path, "own", 32, "lenet_bn", max_iter=4)], ranks=2))
     assert own[0] != pytest.approx(one[0], rel=1e-5)    # Caffe's default: each rank normalises its own batch
+
+
+def _children(pid: int):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open("/proc/%s/stat" % entry).read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks' processes through /proc")
+def test_sigint_to_one_rank_stops_every_rank_after_the_same_iteration(tmp_path):
+    solver = _lenet_solver(tmp_path, "stop", 32, max_iter=100000)
+    text = open(solver).read().replace("\nsnapshot: 10", "\nsnapshot: 0\nsnapshot_after_train: true")
+    text = text.replace("\ntest_interval: 10", "\ntest_interval: 100000")
+    open(solver, "w").write(text)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PCN_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    p = subprocess.Popen([MPIRUN, "-n", "2", "--oversubscribe", sys.executable, "-m", "pycaffe_norm", "train",
+                          "--solver", solver], env=env, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+    lines = []
+    try:
+        for line in p.stderr:
+            lines.append(line)
+            m = re.search(r"^I\d{4} \S+ +(\d+) .*Iteration 3, loss", line)
+            if m:       # rank 0's process id is in its log lines; signal the other rank
+                ranks = [pid for pid in _children(p.pid) if pid != int(m.group(1))]
+                os.kill(ranks[0], 2)
+                break
+        lines += p.stderr.readlines()
+        assert p.wait(timeout=120) == 0, "".join(lines)[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    log = "".join(lines)
+    assert "Optimization stopped early." in log
+    snaps = sorted(os.listdir(tmp_path / "stop"))
+    assert len(snaps) == 2 and snaps[0].endswith(".caffemodel"), snaps
+    stopped = int(re.search(r"_iter_(\d+)\.", snaps[0]).group(1))
+    assert stopped > 3 and "Iteration %d, loss" % stopped not in log
