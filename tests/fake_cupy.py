@@ -4,8 +4,9 @@
 from CuPy 14.2) whose functions compute with NumPy but take and return :class:`DeviceArray`. A DeviceArray refuses
 what a CuPy array refuses: implicit conversion (``np.asarray(a)``, ``np.array(a)``, ``float(np_array[a])``...),
 mixing with NumPy arrays in arithmetic, and the ndarray methods CuPy lacks; and, stricter than CuPy (which forwards
-the NumPy functions it implements to its own), any NumPy function called on it (``np.concatenate([a, b])``). The fake has no ``RawModule``, so the layers take their generic path (their CUDA kernels
-need a real device: ``benchmarks/gpu_check.py``).
+the NumPy functions it implements to its own), any NumPy function called on it (``np.concatenate([a, b])``).
+The fake has no ``RawModule``, so the layers take their generic path; tests/cuda_emulator.py gives it one that runs
+the CUDA kernels on the CPU.
 
 With ``backend._cupy`` set to it, ``set_mode_gpu`` "works" and every blob lives in DeviceArrays.
 """
