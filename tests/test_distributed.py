@@ -259,6 +259,8 @@ def _lenet_solver(tmp_path, name: str, batch: int, model: str = "lenet", max_ite
     for field, value in (("display", "1"), ("max_iter", str(max_iter)), ("snapshot", "10"), ("test_interval", "10"),
                          ("test_iter", "2"), ("snapshot_prefix", '"%s"' % (tmp_path / name / "lenet"))):
         solver = re.sub(r"\n%s: .*" % field, "\n%s: %s" % (field, value), solver)
+    if max_iter < 10:
+        solver += "\ntest_initialization: false\n"
     path = tmp_path / ("%s.prototxt" % name)
     path.write_text(solver)
     return str(path)
