@@ -172,7 +172,12 @@ def _need_file(path: str, what: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    comm = _distributed().init()   # several ranks under mpirun/srun; None in a single process
+    try:
+        comm = _distributed().init()   # several ranks under mpirun/srun; None in a single process
+    except PcnError:
+        if _distributed().launcher_world()[0] > 0:
+            return EXIT_USER_ERROR     # rank 0 says why, once
+        raise
     if comm is None:
         return _train(args, None)
     if comm.rank != 0:      # rank 0 alone logs, as in Caffe; the others report warnings and errors

@@ -166,9 +166,9 @@ def init(required: bool = False) -> Optional[Communicator]:
     try:
         from mpi4py import MPI
     except ImportError:
-        raise PcnError("started as rank %d of %d (by mpirun, mpiexec or srun), but mpi4py is not installed, so the "
-                       "ranks cannot train together: %s (or pip install mpi4py with your MPI)"
-                       % (rank, size, MPI_HINT)) from None
+        raise PcnError("started as %d ranks (by mpirun, mpiexec or srun), but mpi4py is not installed, so they "
+                       "cannot train together: %s (or pip install mpi4py built for your MPI)"
+                       % (size, MPI_HINT)) from None
     comm = MPI.COMM_WORLD
     if comm.Get_size() != size and size > 1:
         raise PcnError("the launcher started %d ranks but MPI sees %d: mpi4py is built for a different MPI than the "
