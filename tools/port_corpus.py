@@ -218,12 +218,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(args.folder) for f in files
                    if f.endswith(".prototxt"))
-    rows = [port_one(p, out_dir, args.batch) for p in paths]
     print("| file | kind | parse | port | build | run | reason |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    print("|---|---|---|---|---|---|---|", flush=True)
+    rows = []
+    for path in paths:   # each row as soon as it is known: a large net takes a while on a CPU
+        r = port_one(path, out_dir, args.batch)
+        rows.append(r)
         reason = r[6] if len(r[6]) <= args.width else r[6][:args.width - 3] + "..."
-        print("| %s | %s |" % (os.path.relpath(r[0], args.folder), " | ".join(r[1:6] + [reason.replace("|", "/")])))
+        print("| %s | %s |" % (os.path.relpath(r[0], args.folder), " | ".join(r[1:6] + [reason.replace("|", "/")])),
+              flush=True)
     nets = [r for r in rows if r[1] == "net"]
     solvers = [r for r in rows if r[1] == "solver"]
     print()
