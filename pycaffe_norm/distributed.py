@@ -166,6 +166,8 @@ def init(required: bool = False) -> Optional[Communicator]:
     try:
         from mpi4py import MPI
     except ImportError:
+        if size <= 1:
+            raise PcnError("data parallelism (caffe.NCCL) needs mpi4py: %s" % MPI_HINT) from None
         raise PcnError("started as %d ranks (by mpirun, mpiexec or srun), but mpi4py is not installed, so they "
                        "cannot train together: %s (or pip install mpi4py built for your MPI)"
                        % (size, MPI_HINT)) from None
@@ -206,13 +208,14 @@ class DataParallel:
         self.comm = comm
         if bucket_bytes is None:
             mb = os.environ.get("PCN_BUCKET_MB", "").strip()
-            bucket_bytes = int(float(mb) * (1 << 20)) if mb else DEFAULT_BUCKET_BYTES
+            try:
+                bucket_bytes = int(float(mb) * (1 << 20)) if mb else DEFAULT_BUCKET_BYTES
+            except ValueError:
+                raise PcnError("PCN_BUCKET_MB must be a number of MiB, not %r" % mb) from None
         self.params = list(solver.net.learnable_params)
         self._buckets = self._make_buckets(solver.net, max(int(bucket_bytes), 1))
         self._pending: List = []      # (request, bucket) of sums in flight this iteration
         self._started = 0             # buckets started this iteration
-        self._layerwise = False
-        self._scale = None
         solver.parallel = self
 
     # --- buckets ------------------------------------------------------------------------------------------
@@ -275,7 +278,6 @@ class DataParallel:
     def __call__(self, layer: int) -> None:
         """``net.after_backward``: starts the sum of every bucket whose gradients are complete once ``layer``'s
         backward pass has run (only in the last of ``iter_size`` passes), and lets the started ones progress."""
-        self._layerwise = True
         if self._in_last_pass():
             while self._started < len(self._buckets) and self._buckets[self._started]["ready_at"] >= layer:
                 self._start(self._buckets[self._started])

@@ -172,6 +172,57 @@ def test_buckets_follow_the_backward_pass(tmp_path):
     assert len(whole) == 1 and whole[0]["buf"].size == sum(p.count for p in dp.params)
 
 
+class _TwinComm:
+    """A communicator whose other rank holds the same values: a sum doubles the buffer."""
+    rank, size = 0, 2
+
+    def __init__(self):
+        self.started = []
+
+    def allreduce_sum(self, buf):
+        buf *= 2
+
+    def iallreduce_sum(self, buf):
+        buf *= 2
+        self.started.append(buf.size)
+        return len(self.started)
+
+    def wait_all(self, requests):
+        pass
+
+    def test_all(self, requests):
+        pass
+
+    def bcast_array(self, arr, root=0):
+        pass
+
+    def idle_barrier(self):
+        pass
+
+
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_data_parallel_sums_and_scales_every_gradient_once(tmp_path, iter_size):
+    """Two identical ranks (a sum doubles, the scale halves: exact) train as one process, through buckets started
+    during the backward pass, with iter_size 1 and 2, on the solver's loss and update path."""
+    extra = "iter_size: %d\n" % iter_size
+    plain = _solver(tmp_path, extra=extra)
+    plain.step(3)
+    twin = _solver(tmp_path, extra=extra)
+    comm = _TwinComm()
+    dp = distributed.DataParallel(twin, comm, bucket_bytes=20000)
+    dp.bcast()
+    twin.add_callback(dp)
+    twin.net.after_backward(dp)
+    events = []
+    twin.net.after_backward(lambda i: events.append(len(comm.started)))
+    twin.step(3)
+    assert len(dp._buckets) > 2 and len(comm.started) == 3 * len(dp._buckets)
+    assert any(v % len(dp._buckets) for v in events)    # some buckets started before the backward pass ended
+    for a, b in zip(plain.net.learnable_params, twin.net.learnable_params):
+        np.testing.assert_array_equal(b.data, a.data)
+    assert twin.smoothed_loss == plain.smoothed_loss
+
+
 # --- launching ---------------------------------------------------------------------------------------------
 def test_single_process_needs_no_mpi(monkeypatch):
     for var in LAUNCHER_VARS:
