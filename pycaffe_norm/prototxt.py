@@ -66,7 +66,8 @@ def parse_text(text: str, msg, source: str = "<string>"):
     return msg
 
 
-_BACKSLASH_STRING = re.compile(r'"[^"\n]*\\[^"\n]*"')
+# A quoted string with a lone backslash (protobuf writes a backslash as two): MyCaffe's unescaped Windows path.
+_BACKSLASH_STRING = re.compile(r'"[^"\n]*(?<!\\)\\(?![\\"\'])[^"\n]*"')
 
 
 def _needs_dialect(text: str, msg) -> bool:

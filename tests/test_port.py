@@ -411,3 +411,13 @@ def test_upgrade_v0_net_as_caffe_does(tmp_path, capsys):
     assert main(["upgrade", str(src), "-o", str(out)]) == 2
     line = _error_line(capsys)
     assert "dropout_ratio" in line and "local_size" in line
+
+
+def test_windows_path_survives_porting_twice(tmp_path):
+    src = tmp_path / "w.prototxt"
+    src.write_text('layer\n{\n   name: "d"\n   type: "ImageData"\n   top: "d"\n   top: "l"\n   image_data_param\n'
+                   '   {\n      source: C:\\ProgramData\\list.txt\n   }\n}\nenable_memory_stats: False\n')
+    out = _port(tmp_path, src)
+    assert prototxt.read_text(out, caffe_pb2.NetParameter()).layer[0].image_data_param.source == \
+        "C:\\ProgramData\\list.txt"
+    assert _port(tmp_path, out, name="again.prototxt").read_text() == out.read_text()
