@@ -423,6 +423,15 @@ def test_damaged_binary_solverstate(tmp_path, capsys, damage):
     assert "two_iter_3.solverstate" in line and ("not UTF-8" in line or "cannot be negative" in line)
 
 
+def test_binaryproto_whose_values_do_not_fill_its_shape_names_the_file(tmp_path):
+    blob = caffe.io.array_to_blobproto(np.zeros((1, 3, 4, 4), np.float32))
+    blob.shape.dim[3] = 5   # a flipped bit in a dimension
+    path = tmp_path / "mean.binaryproto"
+    path.write_bytes(blob.SerializeToString())
+    with pytest.raises(PcnError, match=r"mean\.binaryproto: BlobProto holds 48 values but its shape"):
+        caffe.io.load_binaryproto(str(path))
+
+
 # --- 6. non-UTF-8 bytes in a prototxt --------------------------------------------------------------------------
 
 def test_non_utf8_byte_in_a_comment_is_read(tmp_path, capsys):

@@ -91,4 +91,8 @@ def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
 
 def load_binaryproto(path: str) -> np.ndarray:
     """Reads a .binaryproto BlobProto file (e.g. a mean image) as an array."""
-    return blobproto_to_array(prototxt.read_binary(path, caffe_pb2.BlobProto(), "binaryproto file"))
+    try:
+        return blobproto_to_array(prototxt.read_binary(path, caffe_pb2.BlobProto(), "binaryproto file"))
+    except PcnError as e:
+        message = str(e)
+        raise PcnError(message if str(path) in message else "%s: %s" % (path, message)) from None
