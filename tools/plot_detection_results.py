@@ -2,11 +2,12 @@
 """Pictures for a trained SSD-style detector: its detections on test images and its training curves.
 
     python tools/plot_detection_results.py --model models/ssd_tiny/train_test.prototxt \\
-        --weights models/ssd_tiny/ssd_tiny_iter_1200.caffemodel --log train.log --out docs/figures/ssd_tiny
+        --weights models/ssd_tiny/ssd_tiny_iter_600.caffemodel --log train.log --out docs/figures/ssd_tiny
 
-Writes OUT_detections.png (the first --images test images of one TEST batch with the boxes DetectionOutput keeps
-above --threshold, labelled with the labelmap's names, and the ground truth dashed) and, with --log, OUT_map.png (the
-smoothed training loss and the test mAP that ``eval_type: "detection"`` logs). Needs Pillow and matplotlib.
+Writes OUT_detections.png (a grid of the first --images test images of one TEST batch with the boxes
+DetectionOutput keeps above --threshold, labelled with the labelmap's names, and the ground truth dashed) and, with
+--log, OUT_map.png (the smoothed training loss and the test mAP that ``eval_type: "detection"`` logs). Needs Pillow
+and matplotlib.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def draw_detections(model: str, weights: str, out: str, images: int, threshold: 
     names = label_names(net)
     n = min(images, batch.shape[0])
     h, w = batch.shape[2] * scale, batch.shape[3] * scale
-    sheet = Image.new("RGB", (w * n, h), "white")
+    cols = min(n, 4)
+    sheet = Image.new("RGB", (w * cols, h * ((n + cols - 1) // cols)), "white")
     for i in range(n):
         img = batch[i].transpose(1, 2, 0) / tp.scale + data.mean
         pic = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)[:, :, ::-1]).resize((w, h), Image.NEAREST)
@@ -69,7 +71,7 @@ def draw_detections(model: str, weights: str, out: str, images: int, threshold: 
             x0, y0, x1, y1 = np.clip(row[3:7], 0, 1) * [w, h, w, h]
             draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
             draw.text((x0 + 2, y0 + 1), "%s %.2f" % (names.get(int(row[1]), int(row[1])), row[2]), fill=colour)
-        sheet.paste(pic, (i * w, 0))
+        sheet.paste(pic, ((i % cols) * w, (i // cols) * h))
     sheet.save(out)
 
 
