@@ -328,7 +328,8 @@ class TorchWorker:
         if t == "Eltwise":
             return bottoms[0] + bottoms[1]
         if t == "Dropout":
-            return F.dropout(x, lp.dropout_param.dropout_ratio, training=True, inplace=lp.top[0] == lp.bottom[0])
+            # not in place: autograd needs the ReLU output before it, which Caffe's in-place Dropout overwrites
+            return F.dropout(x, lp.dropout_param.dropout_ratio, training=True)
         if t == "Split":
             return x
         if t == "SoftmaxWithLoss":
