@@ -147,7 +147,11 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     ws = tmp_path_factory.mktemp("fuzz")
-    os.symlink(ROOT / "data", ws / "data")   # read only: no bundled model writes data
+    for path in (ROOT / "data").rglob("*"):   # real folders, linked files: a snapshot_prefix mutated to
+        if path.is_file():                      # "data/mnist" writes into the workspace, not the repository
+            target = ws / path.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(path, target)
     texts = []
     for path in sorted((ROOT / "models").glob("*/*.prototxt")):
         if path.parent.name in HEAVY:
