@@ -58,10 +58,11 @@ NUMBERS = ["0", "-1", "1", "2", "3", "7", "0.5", "-0.5", "1e6", "1e30", "-1e30",
 ENUMS = ["MAX", "AVE", "STOCHASTIC", "TRAIN", "TEST", "CPU", "GPU", "HDF5", "BINARYPROTO", "LMDB", "LEVELDB",
          "CAFFE", "CUDNN", "DEFAULT", "ACROSS_CHANNELS", "WITHIN_CHANNEL", "SUM", "PROD", "FULL", "VALID",
          "BATCH_SIZE", "NONE", "NOPE", "SGD"]
+# No string names a writable place outside the workspace (/proc refuses folders, even to root).
 STRINGS = ['""', '"x"', '"data"', '"label"', '"loss"', '"conv1"', '"ip1"', '"pool1"', '"Convolution"', '"ReLU"',
            '"InnerProduct"', '"Pooling"', '"SoftmaxWithLoss"', '"Input"', '"Accuracy"', '"BatchNorm"', '"LRN"',
            '"Split"', '"Python"', '"gaussian"', '"xavier"', '"constant"', '"step"', '"sigmoid"', '"poly"',
-           '"Adam"', '"AdaDelta"', '"Nesterov"', '"nope.txt"', '"sub/dir/x"', '"/nonexistent/x"', '"data/mnist"',
+           '"Adam"', '"AdaDelta"', '"Nesterov"', '"nope.txt"', '"sub/dir/x"', '"/proc/nonexistent/x"', '"data/mnist"',
            '"\\xff\\x00"']
 
 
