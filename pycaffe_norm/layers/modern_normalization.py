@@ -94,12 +94,13 @@ class _RowNormLayer(Layer):
         xh = _buffer(self, "xhat", xp, x2.shape, x2.dtype)
         if self.center:
             xp.subtract(x2, (_row_sum(xp, x2) / m)[:, None], out=xh)
-        else:
-            xh[...] = x2
-        var = _row_dot(xp, xh, xh) / m
+        var = _row_dot(xp, xh, xh) / m if self.center else _row_dot(xp, x2, x2) / m
         self._var = var
         self._inv = xp.reciprocal(xp.sqrt(var + dt(self.eps)))
-        xh *= self._inv[:, None]
+        if self.center:
+            xh *= self._inv[:, None]
+        else:
+            xp.multiply(x2, self._inv[:, None], out=xh)
         return xh
 
     def _affine_forward(self, xp, xh, y2, bottom: Blob) -> None:
