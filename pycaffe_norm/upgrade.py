@@ -658,9 +658,6 @@ MYCAFFE_EXTRA_FIELDS = {
         "adds MyCaffe's match output top, which pcn's ContrastiveLoss does not have"),
     ("EltwiseParameter", "allow_single_batch_input"): _only_value(
         "False", "MyCaffe's default", "broadcasts a batch of one, which pcn's Eltwise does not"),
-    ("InnerProductParameter", "enable_noise"): _only_value(
-        "False", "no weight noise", "adds MyCaffe's NoisyNet weight noise, which pcn does not implement"),
-    ("InnerProductParameter", "sigma_init"): _ignore("used only with enable_noise: True"),
     ("InnerProductParameter", "output_contains_predictions"): _only_value(
         "False", "MyCaffe's default", "is a Temporal Fusion Transformer setting, which pcn does not implement"),
     ("MemoryDataParameter", "label_type"): lambda msg, node: _memory_label_type(msg, node),

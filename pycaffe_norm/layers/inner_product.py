@@ -9,6 +9,8 @@ from .. import backend
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
+from ..proto.caffe_pb2 import TRAIN
+from ..random import rng
 from .base import Layer, register
 from .common import scatter_add_rows
 from .im2col import shared_workspace
@@ -55,7 +57,59 @@ class InnerProductLayer(Layer):
         self.axis = self._axis(b)
         self.k = b.count_range(self.axis)
         wshape = (self.k, self.num_output) if self.transpose else (self.num_output, self.k)
-        _weight_and_bias(self, b, wshape, p, " (bottom %s flattened from axis %d)" % (b.shape, self.axis))
+        self.enable_noise = bool(p.enable_noise)
+        if not self.enable_noise:
+            _weight_and_bias(self, b, wshape, p, " (bottom %s flattened from axis %d)" % (b.shape, self.axis))
+            return
+        if not p.sigma_init >= 0:
+            raise NetError("layer %r (InnerProduct): inner_product_param.sigma_init must be >= 0, got %g"
+                           % (self.name, p.sigma_init))
+        self._noisy_blobs(b, wshape, p)
+        # Whether each TRAIN forward draws new noise (MyCaffe's noisy DQN trainer calls ResetNoise every step);
+        # a test sets it False to hold the noise fixed.
+        self.resample_noise = True
+        self.reset_noise()
+
+    def _noisy_blobs(self, b: Blob, wshape, p) -> None:
+        """MyCaffe's NoisyNet blobs: weight, bias, sigma weight, sigma bias (no bias: weight, sigma weight). New
+        weight and bias are filled and scaled by 1 / sqrt(wshape[1]), the sigmas set to sigma_init / sqrt(fan)
+        (wshape[1] for the weight, num_output for the bias), as MyCaffe's InnerProductLayer.LayerSetUp."""
+        shapes = [tuple(wshape)] + ([(self.num_output,)] if self.bias_term else [])
+        shapes = shapes + shapes
+        if self.blobs:
+            if len(self.blobs) != len(shapes):
+                raise NetError("layer %r (InnerProduct): incorrect number of weight blobs: %d given, %d expected "
+                               "(enable_noise adds the sigma blobs; bias_term %s)"
+                               % (self.name, len(self.blobs), len(shapes), self.bias_term))
+            for i, (blob, shape) in enumerate(zip(self.blobs, shapes)):
+                if tuple(blob.shape) != shape:
+                    raise self.shape_error("weight blob %d (enable_noise)" % i, blob.shape, shape)
+        else:
+            self.blobs = [Blob(s, dtype=b.dtype, xp=b.xp) for s in shapes]
+            half = len(shapes) // 2
+            fill(self.blobs[0], p.weight_filler)
+            if self.bias_term:
+                fill(self.blobs[1], p.bias_filler)
+            for blob in self.blobs[:half]:
+                blob.data *= blob.dtype.type(1.0 / np.sqrt(wshape[1]))
+            for blob in self.blobs[half:]:
+                blob.data[...] = p.sigma_init / np.sqrt(blob.shape[1] if len(blob.shape) == 2 else blob.shape[0])
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def reset_noise(self) -> None:
+        """Draws new noise eps, uniform in [-1, 1] and one value per weight and bias element (MyCaffe's
+        ResetNoise: independent, not NoisyNet's factorised Gaussian), from pcn's generator."""
+        half = len(self.blobs) // 2
+        self.epsilon = [self.blobs[i].xp.asarray(rng().uniform(-1.0, 1.0, self.blobs[i].shape)
+                                                 .astype(self.blobs[i].dtype)) for i in range(half)]
+
+    def _noisy(self) -> bool:
+        return self.enable_noise and self.phase == TRAIN
+
+    def _effective(self):
+        """The weight and bias a TRAIN forward computes with: mu + sigma * eps."""
+        half = len(self.blobs) // 2
+        return [self.blobs[i].data + self.blobs[half + i].data * self.epsilon[i] for i in range(half)]
 
     def _axis(self, b: Blob) -> int:
         try:
@@ -78,15 +132,24 @@ class InnerProductLayer(Layer):
     def forward(self, bottom, top):
         xp = bottom[0].xp
         x = bottom[0].data.reshape(self.m, self.k)
-        w = self.blobs[0].data
+        if self._noisy():
+            if self.resample_noise:
+                self.reset_noise()
+            params = self._effective()
+        else:
+            params = [blob.data for blob in self.blobs[:2 if self.bias_term else 1]]
+        w = params[0]
         y = top[0].data.reshape(self.m, self.num_output)
         xp.matmul(x, w if self.transpose else w.T, out=y)
         if self.bias_term:
-            y += self.blobs[1].data
+            y += params[1]
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.m, self.num_output)
         x = bottom[0].data.reshape(self.m, self.k)
+        if self._noisy():
+            self._noisy_backward(dy, x, propagate_down, bottom)
+            return
         if self.param_propagate_down[0]:
             if self.transpose:
                 _add_product(self.blobs[0].diff, x.T, dy)
@@ -96,6 +159,21 @@ class InnerProductLayer(Layer):
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             w = self.blobs[0].data
+            bottom[0].xp.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))
+
+    def _noisy_backward(self, dy, x, propagate_down, bottom) -> None:
+        """TRAIN with noise: dW and dsigma_W = dW_eff * eps (likewise the bias), dx = dy W_eff. MyCaffe sets
+        sigma's diff to the weight's whole accumulated diff times eps and computes dx with W alone; pcn takes the
+        exact gradients of its forward (the same when the diffs start at zero, as with iter_size 1, except dx)."""
+        half = len(self.blobs) // 2
+        grads = [(x.T @ dy) if self.transpose else (dy.T @ x)] + ([dy.sum(axis=0)] if self.bias_term else [])
+        for i, g in enumerate(grads):
+            if self.param_propagate_down[i]:
+                self.blobs[i].diff += g
+            if self.param_propagate_down[half + i]:
+                self.blobs[half + i].diff += g * self.epsilon[i]
+        if propagate_down[0]:
+            w = self._effective()[0]
             bottom[0].xp.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))
 
 

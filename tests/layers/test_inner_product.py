@@ -11,6 +11,7 @@ from pycaffe_norm.errors import NetError, ShapeError
 from pycaffe_norm.layers import create_layer
 from pycaffe_norm.layers import inner_product as ip_module
 from pycaffe_norm.proto import caffe_pb2
+from pycaffe_norm.random import set_random_seed
 from tests.gradient_check import GradientChecker, layer_from_text, make_blob
 from tests.reference_check import REF, check, load, tol
 
@@ -160,3 +161,84 @@ def test_preloaded_weight_with_wrong_shape():
 def test_parameter_errors(text, match):
     with pytest.raises(NetError, match=r"'ip'.*" + match):
         setup_layer(text, np.zeros((2, 3)))
+
+
+NOISY = {
+    "bias": ("num_output: 3", (4, 5)),
+    "no_bias": ("num_output: 3 bias_term: false", (4, 5)),
+    "transpose": ("num_output: 3 transpose: true", (2, 2, 3)),
+    "transpose_no_bias": ("num_output: 2 transpose: true bias_term: false", (3, 4)),
+}
+
+
+def noisy_layer(text, x, phase=TRAIN, sigma=" sigma_init: 0.5"):
+    p = caffe_pb2.LayerParameter()
+    text_format.Parse('name: "ip" type: "InnerProduct" inner_product_param { %s %s enable_noise: true%s }'
+                      % (text, GAUSS, sigma), p)
+    layer = create_layer(p, phase)
+    b, t = [make_blob(x)], [Blob((), dtype=np.float64)]
+    layer.initialize(b, t)
+    layer.reshape(b, t)
+    return layer, b, t
+
+
+def test_noisy_blobs_are_filled_as_mycaffe():
+    # MyCaffe: weight and bias filled, then scaled by 1/sqrt(weight.shape[1]); sigmas sigma_init/sqrt(fan).
+    x = gaussian((2, 5))
+    set_random_seed(3)
+    plain, _, _ = setup_layer("inner_product_param { num_output: 3 %s }" % GAUSS, x)
+    set_random_seed(3)
+    layer, _, _ = noisy_layer("num_output: 3", x, sigma="")
+    assert [blob.shape for blob in layer.blobs] == [(3, 5), (3,), (3, 5), (3,)]
+    np.testing.assert_allclose(layer.blobs[0].data, plain.blobs[0].data / np.sqrt(5), rtol=1e-15)
+    np.testing.assert_allclose(layer.blobs[1].data, plain.blobs[1].data / np.sqrt(5), rtol=1e-15)
+    np.testing.assert_allclose(layer.blobs[2].data, 0.017 / np.sqrt(5), rtol=1e-15)
+    np.testing.assert_allclose(layer.blobs[3].data, 0.017 / np.sqrt(3), rtol=1e-15)
+    tl, _, _ = noisy_layer("num_output: 3 transpose: true bias_term: false", x)
+    assert [blob.shape for blob in tl.blobs] == [(5, 3), (5, 3)]
+    np.testing.assert_allclose(tl.blobs[1].data, 0.5 / np.sqrt(3), rtol=1e-15)
+
+
+@pytest.mark.parametrize("mode", sorted(NOISY))
+def test_noisy_forward_values(mode):
+    text, shape = NOISY[mode]
+    x = gaussian(shape)
+    layer, b, t = noisy_layer(text, x)
+    layer.forward(b, t)
+    eps = [e.copy() for e in layer.epsilon]
+    assert all(np.all(np.abs(e) <= 1) and np.std(e) > 0.1 for e in eps)
+    half = len(layer.blobs) // 2
+    w = layer.blobs[0].data + layer.blobs[half].data * eps[0]
+    w = w.T if layer.transpose else w
+    ref = x.reshape(-1, w.shape[1]) @ w.T
+    if layer.bias_term:
+        ref = ref + layer.blobs[1].data + layer.blobs[3].data * eps[1]
+    np.testing.assert_allclose(t[0].data.reshape(ref.shape), ref, rtol=1e-12, atol=1e-12)
+    layer.forward(b, t)  # new noise each TRAIN forward
+    assert not np.array_equal(layer.epsilon[0], eps[0])
+
+
+def test_noisy_test_phase_uses_mu_weights_only():
+    x = gaussian((4, 5))
+    layer, b, t = noisy_layer("num_output: 3", x, phase=caffe_pb2.TEST)
+    layer.forward(b, t)
+    np.testing.assert_allclose(t[0].data, x @ layer.blobs[0].data.T + layer.blobs[1].data, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", sorted(NOISY))
+def test_noisy_gradient_with_noise_held(mode):
+    text, shape = NOISY[mode]
+    layer, b, t = noisy_layer(text, gaussian(shape))
+    layer.resample_noise = False
+    n = GradientChecker().check(layer, b, t, already_set_up=True)
+    assert n == b[0].count + sum(blob.count for blob in layer.blobs)
+
+
+def test_noisy_wrong_blob_count_and_bad_sigma():
+    x = gaussian((2, 5))
+    layer = make_layer("inner_product_param { num_output: 3 enable_noise: true }")
+    layer.blobs = [Blob((3, 5)), Blob((3,))]
+    with pytest.raises(NetError, match="incorrect number of weight blobs: 2 given, 4 expected"):
+        layer.initialize([make_blob(x)], [Blob(())])
+    with pytest.raises(NetError, match="sigma_init must be >= 0"):
+        setup_layer("inner_product_param { num_output: 3 enable_noise: true sigma_init: -1 }", x)
