@@ -641,8 +641,6 @@ MYCAFFE_EXTRA_FIELDS = {
     ("SolverParameter", "accuracy_average_window"): _ignore("MyCaffe's display of a running accuracy"),
     ("SolverParameter", "output_average_results"): _ignore("MyCaffe's display of averaged test results"),
     ("SolverParameter", "enable_clip_gradient_status"): _ignore("MyCaffe's log line about gradient clipping"),
-    ("SolverParameter", "adamw_decay"): _ignore("used only by MyCaffe's ADAMW solver type, which pcn refuses by "
-                                                "name"),
     ("SolverParameter", "custom_trainer"): lambda msg, node: (
         "SolverParameter.custom_trainer: %s (MyCaffe) selects MyCaffe's reinforcement-learning trainer, which pcn "
         "does not have" % _node_text(node)),
@@ -838,7 +836,7 @@ _PLACE = re.compile(r"^(.*?):(\d+):(\d+): (.*)$")
 
 # MyCaffe writes SolverParameter.type as its SolverType enum names.
 MYCAFFE_SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
-                        "ADADELTA": "AdaDelta", "ADAM": "Adam"}
+                        "ADADELTA": "AdaDelta", "ADAM": "Adam", "ADAMW": "AdamW"}
 # MyCaffe's SolverParameter defaults (SolverParameter.cs) where a field is unset; they differ from BVLC's.
 MYCAFFE_SOLVER_DEFAULTS = (("test_interval", 1000), ("base_lr", 0.01), ("max_iter", 500000), ("lr_policy", "step"),
                            ("gamma", 0.1), ("momentum", 0.0), ("weight_decay", 0.0005), ("regularization_type", "L2"),
@@ -848,15 +846,14 @@ MYCAFFE_SOLVER_DEFAULTS = (("test_interval", 1000), ("base_lr", 0.01), ("max_ite
 
 def upgrade_mycaffe_solver(param: caffe_pb2.SolverParameter) -> list:
     """A solver read in MyCaffe's dialect, in place: MyCaffe's type names as Caffe's and MyCaffe's defaults for
-    the unset fields (a MyCaffe solver means MyCaffe's values). Returns the problems (ADAMW)."""
+    the unset fields (a MyCaffe solver means MyCaffe's values; ADAMW is pcn's AdamW). Returns the problems
+    (none at present)."""
     problems = []
     if param.HasField("type"):
         mapped = MYCAFFE_SOLVER_TYPES.get(param.type.upper())
         if mapped is not None and mapped != param.type:
             log.info("solver type %s (MyCaffe's name) read as %r", param.type, mapped)
             param.type = mapped
-        elif param.type.upper() == "ADAMW":
-            problems.append("SolverParameter.type: ADAMW (MyCaffe's AdamW) is not a pcn solver")
     unset = [name for name, _ in MYCAFFE_SOLVER_DEFAULTS if not param.HasField(name)]
     for name, value in MYCAFFE_SOLVER_DEFAULTS:
         if name in unset:

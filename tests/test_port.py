@@ -176,7 +176,6 @@ def test_one_line_names_every_unsupported_type_and_field(tmp_path, capsys):
 
 @pytest.mark.parametrize("text, words", [
     ("layer {\n  name: 'x'\n  type \"ReLU\"\n}\n", ["bad.prototxt:3:"]),
-    ("base_lr: 0.1\nlr_policy: fixed\ntype: ADAMW\n", ["ADAMW"]),
     ("base_lr: 0.1\ncustom_trainer: RL.Trainer\n", ["custom_trainer"]),
 ])
 def test_other_refusals_are_one_line(tmp_path, capsys, text, words):
@@ -185,6 +184,13 @@ def test_other_refusals_are_one_line(tmp_path, capsys, text, words):
     assert main(["port", str(src), "-o", str(tmp_path / "o.prototxt")]) == 2
     line = _error_line(capsys)
     assert all(w in line for w in words)
+
+
+def test_mycaffe_adamw_becomes_pcn_adamw(tmp_path):
+    src = tmp_path / "s.prototxt"
+    src.write_text("base_lr: 0.1\nlr_policy: fixed\ntype: ADAMW\nadamw_decay: 0.05\n")
+    solver = text_format.Parse(_port(tmp_path, src).read_text(), caffe_pb2.SolverParameter())
+    assert solver.type == "AdamW" and solver.adamw_decay == 0.05
 
 
 def test_mycaffe_solver_gets_caffe_type_names_and_mycaffe_defaults(tmp_path):

@@ -142,7 +142,7 @@ def test_snapshot_and_resume_is_exact(tmp_path):
             np.testing.assert_array_equal(a.data, b.data)
 
 
-@pytest.mark.parametrize("kind", ["SGD", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
+@pytest.mark.parametrize("kind", ["SGD", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "AdamW"])
 def test_every_solver_state_round_trips(tmp_path, kind):
     extra = 'type: "%s"\n' % kind + ("momentum: 0\n" if kind in ("AdaGrad", "RMSProp") else "")
     extra += "snapshot_format: HDF5\n" if kind == "Adam" else ""
@@ -248,3 +248,77 @@ def test_stop_request_during_a_test_pass(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pycaffe_norm"):
         solver.solve()
     assert solver.iter == 5 and "Test interrupted." in caplog.text and "stopped early" in caplog.text
+
+
+def adamw_reference(w, grads, lr, lr_mult, wd, decay_mult, adamw_decay, b1, b2, eps):
+    """MyCaffe's AdamW step by step (SGDSolver.Regularize, then math.cu adamw_update_kernel_withdecay, then
+    Net.Update), in float64, for one parameter over the given gradients."""
+    w, m, v = w.copy(), np.zeros_like(w), np.zeros_like(w)
+    for it, g in enumerate(grads):
+        t = it + 1
+        g = g + wd * decay_mult * w
+        r, d = lr * lr_mult, adamw_decay * decay_mult
+        if d:
+            w = w * (1 - r * d)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - (r / (1 - b1 ** t)) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps)
+    return w
+
+
+ADAMW = 'type: "AdamW"\nmomentum: 0.75\nmomentum2: 0.875\ndelta: 0.0625\nadamw_decay: 0.25\nbase_lr: 0.125\n'
+
+
+def _adamw_steps(tmp_path, extra, steps=4):
+    """Runs ``steps`` AdamW iterations on the tiny net: (solver, the starting weights, each parameter's gradient
+    at every step)."""
+    solver = caffe.get_solver(write_solver(tmp_path, extra))
+    params = solver.net.learnable_params
+    start = [p.data.astype(np.float64) for p in params]
+    grads = [[] for _ in params]
+    for it in range(steps):
+        feed(solver.net, it)
+        solver.net.clear_param_diffs()
+        solver.net.forward_backward()
+        for g, p in zip(grads, params):
+            g.append(p.diff.astype(np.float64))
+        solver.apply_update()
+        solver.iter += 1
+    return solver, start, grads
+
+
+def test_adamw_follows_mycaffe_update(tmp_path):
+    # lr_mult 1/2, decay_mult 1/0 (ip1's bias: no decay of either kind); L2 weight_decay 0.001 too, as MyCaffe.
+    solver, start, grads = _adamw_steps(tmp_path, ADAMW)
+    mults = [(1, 1), (2, 0), (1, 1), (1, 1)]
+    for p, w0, g, (lm, dm) in zip(solver.net.learnable_params, start, grads, mults):
+        ref = adamw_reference(w0, g, 0.125, lm, 0.001, dm, 0.25, 0.75, 0.875, 0.0625)
+        np.testing.assert_allclose(p.data, ref, rtol=2e-6, atol=1e-7)
+        assert not np.allclose(p.data, w0)
+    solver, start, grads = _adamw_steps(tmp_path, ADAMW.replace("0.25", "0") + "weight_decay: 0\n")
+    for p, w0, g, (lm, _) in zip(solver.net.learnable_params, start, grads, mults):
+        np.testing.assert_allclose(p.data, adamw_reference(w0, g, 0.125, lm, 0, 0, 0, 0.75, 0.875, 0.0625),
+                                   rtol=2e-6, atol=1e-7)
+
+
+def test_adamw_agrees_with_torch_when_only_decoupled_decay(tmp_path):
+    # torch.optim.AdamW: w *= 1 - lr wd; w -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), the same as MyCaffe's
+    # once the L2 weight_decay is 0 and lr_mult = decay_mult = 1.
+    torch = pytest.importorskip("torch")
+    net = NET.replace("param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }", "")
+    solver = caffe.get_solver(write_solver(tmp_path, ADAMW + "weight_decay: 0\n", net=net))
+    params = solver.net.learnable_params
+    tensors = [torch.tensor(p.data.astype(np.float64), requires_grad=True) for p in params]
+    opt = torch.optim.AdamW(tensors, lr=0.125, betas=(0.75, 0.875), eps=0.0625, weight_decay=0.25)
+    for it in range(4):
+        feed(solver.net, it)
+        solver.net.clear_param_diffs()
+        solver.net.forward_backward()
+        for tensor, p in zip(tensors, params):
+            tensor.grad = torch.tensor(p.diff.astype(np.float64))
+            tensor.data = torch.tensor(p.data.astype(np.float64))
+        opt.step()
+        solver.apply_update()
+        solver.iter += 1
+        for tensor, p in zip(tensors, params):
+            np.testing.assert_allclose(p.data, tensor.detach().numpy(), rtol=2e-6, atol=1e-7)

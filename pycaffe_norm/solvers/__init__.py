@@ -1,4 +1,4 @@
-"""Solvers: the training loop and Caffe's six update rules."""
+"""Solvers: the training loop, Caffe's six update rules and MyCaffe's AdamW."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,6 +10,7 @@ from .sgd_solvers import (  # noqa: F401
     AdaDeltaSolver,
     AdaGradSolver,
     AdamSolver,
+    AdamWSolver,
     NesterovSolver,
     RMSPropSolver,
     SGDSolver,

@@ -1,4 +1,4 @@
-"""Caffe's update rules: SGD with momentum, Nesterov, AdaGrad, RMSProp, AdaDelta and Adam."""
+"""Caffe's update rules: SGD with momentum, Nesterov, AdaGrad, RMSProp, AdaDelta and Adam; MyCaffe's AdamW."""
 from __future__ import annotations
 
 import math
@@ -118,5 +118,35 @@ class AdamSolver(Solver):
         blob.diff[...] = t(self.local_rate(i, rate) * correction) * mom / (xp.sqrt(v) + t(self.param.delta))
 
 
+class AdamWSolver(Solver):
+    """MyCaffe's AdamW (AdamWSolver.cs, math.cu adamw_update): after the L2 ``weight_decay`` of every solver, with
+    r = local rate and d = adamw_decay * decay_mult, w *= 1 - r d (when d != 0), then m and v as Adam's and
+    w -= r / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + delta), t = iter + 1. Element-wise in float64, as
+    MyCaffe's kernel, with the scalars rounded to the blob's type first, as MyCaffe passes them."""
+
+    type = "AdamW"
+    history_multiplier = 2
+
+    def compute_update_value(self, i, rate):
+        blob = self.net.learnable_params[i]
+        mom, v = self.history[i].data, self.history[len(self.net.learnable_params) + i].data
+        t = blob.dtype.type
+        b1, b2 = float(t(np.float32(self.param.momentum))), float(t(np.float32(self.param.momentum2)))
+        eps = float(t(np.float32(self.param.delta)))
+        local_rate = float(t(float(rate) * float(self.net.params_lr[i])))
+        decay = float(t(self.param.adamw_decay * float(self.net.params_weight_decay[i])))
+        step = self.iter + 1
+        step_size = local_rate / (1.0 - b1 ** step)
+        correction2 = math.sqrt(1.0 - b2 ** step)
+        if decay != 0:
+            blob.data[...] = blob.data.astype(np.float64) * (1.0 - local_rate * decay)
+        g = blob.diff.astype(np.float64)
+        m64 = mom.astype(np.float64) * b1 + g * (1.0 - b1)
+        v64 = v.astype(np.float64) * b2 + g * g * (1.0 - b2)
+        blob.diff[...] = step_size * m64 / (blob.xp.sqrt(v64) / correction2 + eps)
+        mom[...] = m64
+        v[...] = v64
+
+
 SOLVERS = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver,
-                                     AdamSolver)}
+                                     AdamSolver, AdamWSolver)}
