@@ -4,7 +4,7 @@ module registers its classes under the ``type:`` strings a prototxt uses (MyCaff
 - ``annotated_data``: AnnotatedData (SSD)
 - ``common``: ArgMax, BatchReindex, Concat, Crop, Eltwise, Filter, Flatten, Parameter, Reduction, Reshape, Silence,
   Slice, Split, Tile
-- ``data``: Data, DummyData, HDF5Data, HDF5Output, ImageData, Input, MemoryData
+- ``data_layers``: Data, DummyData, HDF5Data, HDF5Output, ImageData, Input, MemoryData
 - ``detection``: DetectionEvaluate, DetectionOutput, MultiBoxLoss, Permute, PriorBox, SmoothL1Loss (SSD)
 - ``inner_product``: Embed, InnerProduct
 - ``loss``: Accuracy, ContrastiveLoss, EuclideanLoss, HingeLoss, InfogainLoss, MultinomialLogisticLoss,
@@ -30,7 +30,7 @@ from ..proto import caffe_pb2
 from . import (
     annotated_data,  # noqa: F401,E402
     common,  # noqa: F401,E402
-    data,  # noqa: F401,E402
+    data_layers,  # noqa: F401,E402
     detection,  # noqa: F401,E402
     inner_product,  # noqa: F401,E402
     loss,  # noqa: F401,E402

@@ -1,4 +1,4 @@
-"""HDF5Output (pycaffe_norm/layers/data.py): bottoms 0 and 1 written as datasets ``data`` and ``label``."""
+"""HDF5Output (pycaffe_norm/layers/data_layers.py): bottoms 0 and 1 written as datasets ``data`` and ``label``."""
 from __future__ import annotations
 
 import h5py
