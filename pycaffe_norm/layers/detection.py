@@ -74,6 +74,21 @@ class PriorBoxLayer(_DetectionLayer):
     exact_num_top = 1
     allow_in_place = False
 
+    def _hw_pair(self, p, both: str, h: str, w: str) -> tuple:
+        """(h, w) from ``both`` or from ``h``/``w`` (SSD's img_size|img_h/img_w and step|step_h/step_w); (0, 0)
+        when none is set, meaning "from the bottoms' shapes"."""
+        if p.HasField(h) or p.HasField(w):
+            if p.HasField(both):
+                raise self.error("give either %s or %s/%s, not both" % (both, h, w))
+            if getattr(p, h) <= 0 or getattr(p, w) <= 0:
+                raise self.error("%s and %s must both be positive" % (h, w))
+            return getattr(p, h), getattr(p, w)
+        if p.HasField(both):
+            if getattr(p, both) <= 0:
+                raise self.error("%s must be positive" % both)
+            return getattr(p, both), getattr(p, both)
+        return 0, 0
+
     def setup(self, bottom, top):
         p = self.layer_param.prior_box_param
         if not p.min_size:
@@ -104,30 +119,8 @@ class PriorBoxLayer(_DetectionLayer):
         if any(v <= 0 for v in p.variance):
             raise self.error("variances must be positive, got %s" % list(p.variance))
         self.variance = [float(v) for v in p.variance] or [0.1]
-        if p.HasField("img_h") or p.HasField("img_w"):
-            if p.HasField("img_size"):
-                raise self.error("give either img_size or img_h/img_w, not both")
-            if p.img_h <= 0 or p.img_w <= 0:
-                raise self.error("img_h and img_w must both be positive")
-            self.img_hw = (int(p.img_h), int(p.img_w))
-        elif p.HasField("img_size"):
-            if p.img_size <= 0:
-                raise self.error("img_size must be positive")
-            self.img_hw = (int(p.img_size), int(p.img_size))
-        else:
-            self.img_hw = (0, 0)
-        if p.HasField("step_h") or p.HasField("step_w"):
-            if p.HasField("step"):
-                raise self.error("give either step or step_h/step_w, not both")
-            if p.step_h <= 0 or p.step_w <= 0:
-                raise self.error("step_h and step_w must both be positive")
-            self.step_hw = (float(p.step_h), float(p.step_w))
-        elif p.HasField("step"):
-            if p.step <= 0:
-                raise self.error("step must be positive")
-            self.step_hw = (float(p.step), float(p.step))
-        else:
-            self.step_hw = (0.0, 0.0)
+        self.img_hw = tuple(int(v) for v in self._hw_pair(p, "img_size", "img_h", "img_w"))
+        self.step_hw = tuple(float(v) for v in self._hw_pair(p, "step", "step_h", "step_w"))
         self.offset = float(p.offset)
 
     def reshape(self, bottom, top):
