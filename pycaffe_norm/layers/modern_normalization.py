@@ -13,12 +13,12 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .. import backend
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
 from .base import TEST, Layer, register
+from .normalization import _buffer
 
 logger = logging.getLogger("pycaffe_norm")
 
@@ -26,15 +26,6 @@ logger = logging.getLogger("pycaffe_norm")
 def _f(value: float) -> float:
     """A float32 field as the decimal it was written as (eps: 1e-5 is 1e-5 in float64 nets, not 9.99999974e-06)."""
     return float(str(np.float32(value)))
-
-
-def _buffer(layer: Layer, name: str, xp, shape, dtype):
-    """A scratch array kept between calls (allocating large arrays every iteration costs page faults)."""
-    bufs = layer.__dict__.setdefault("_buffers", {})
-    buf = bufs.get(name)
-    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or backend.array_module(buf) is not xp:
-        buf = bufs[name] = xp.empty(shape, dtype=dtype)
-    return buf
 
 
 def _row_sum(xp, a):
