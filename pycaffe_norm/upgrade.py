@@ -773,6 +773,9 @@ def collect_mycaffe_tree(nodes, msg, source: str):
         if msg.DESCRIPTOR.name == "SolverParameter":
             problems.items.extend("%s: %s" % (source, p) for p in upgrade_mycaffe_solver(msg))
         return bad_types, problems.items
+    from .mycaffe_transform import rewrite_mycaffe_transforms
+
+    rewrite_mycaffe_transforms(nodes, problems)   # MyCaffe's optional SSD transform blocks as SSD-Caffe's
     layer_nodes = [n for n in nodes if n.name in ("layer", "layers") and n.children is not None]
     fill_message(msg, [n for n in nodes if n not in layer_nodes], problems, mycaffe_extra_field)
     if any(n.name == "layers" for n in layer_nodes) and any(n.name == "layer" for n in layer_nodes):

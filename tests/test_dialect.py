@@ -104,7 +104,7 @@ def test_every_problem_is_reported_in_one_line():
     assert "frob_param" not in msg   # fields of a layer whose type is refused are not listed
 
 
-def test_inactive_mycaffe_transform_blocks_are_ignored_active_ones_refused(caplog):
+def test_inactive_mycaffe_transform_blocks_are_ignored_active_ones_mapped_or_refused(caplog):
     inactive = ('layer { name: "d" type: "ImageData" top: "d" top: "l" image_data_param { source: x } '
                 'transform_param { mask_param { option { active: False } boundary_left: 0 } '
                 'distortion_param { active: True brightness_prob: 0 contrast_prob: 0 } '
@@ -113,8 +113,9 @@ def test_inactive_mycaffe_transform_blocks_are_ignored_active_ones_refused(caplo
         param = _net(inactive)
     assert "mask_param" in caplog.text and param.layer[0].transform_param.use_imagedb_mean
     active = inactive.replace("brightness_prob: 0", "brightness_prob: 0.5")
-    with pytest.raises(PrototxtError, match="distortion_param is active"):
-        _net(active)
+    assert _net(active).layer[0].transform_param.distort_param.brightness_prob == 0.5   # SSD-Caffe's name
+    with pytest.raises(PrototxtError, match="mask_param is active"):
+        _net(inactive.replace("option { active: False } boundary_left", "option { active: True } boundary_left"))
 
 
 def test_known_mycaffe_solver_fields_are_ignored_with_a_log_line(caplog):
