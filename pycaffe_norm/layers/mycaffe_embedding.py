@@ -83,6 +83,23 @@ def running_centroids(x, lab, counts, centroids, item_count: int):
     return seen, seen[-1].copy(), saturated
 
 
+class _NoGradientLayer(Layer):
+    """A MyCaffe layer whose top has no gradient with respect to its bottoms: never forced to run backward."""
+
+    allow_in_place = False
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return False
+
+
+class _RunningStateLayer(_NoGradientLayer):
+    """A _NoGradientLayer whose blobs are running state (centroids, stored items), not learned parameters: the
+    solver never updates them."""
+
+    def fixed_param_indices(self) -> List[int]:
+        return list(range(len(self.blobs)))
+
+
 def _check_labels(layer: Layer, lab, n_labels: int, hint: str) -> None:
     bad = (lab < 0) | (lab >= n_labels)
     if bool(bad.any()):
@@ -91,7 +108,7 @@ def _check_labels(layer: Layer, lab, n_labels: int, hint: str) -> None:
 
 
 @register("Decode")
-class DecodeLayer(Layer):
+class DecodeLayer(_RunningStateLayer):
     """Squared distances from each embedding to per-label targets: top (N, L, 1, 1), smallest = decoded label.
 
     Targets (``decode_param.target``): CENTROID, running centroids of the training embeddings; PREGEN, targets
@@ -110,13 +127,6 @@ class DecodeLayer(Layer):
     max_bottom = 2
     min_top = 1
     max_top = 2
-    allow_in_place = False
-
-    def fixed_param_indices(self) -> List[int]:
-        return list(range(len(self.blobs)))
-
-    def allow_force_backward(self, bottom_index: int) -> bool:
-        return False
 
     def setup(self, bottom, top):
         p = self.layer_param.decode_param
@@ -279,16 +289,12 @@ class DecodeLayer(Layer):
 
 
 @register("AccuracyDecode")
-class AccuracyDecodeLayer(Layer):
+class AccuracyDecodeLayer(_NoGradientLayer):
     """Accuracy of decoded distances (N, L): the label with the smallest distance against the first label of
     each item; accuracy_param.ignore_label skips items. top_k must be 1 and axis 1, as in MyCaffe."""
 
     exact_num_bottom = 2
     exact_num_top = 1
-    allow_in_place = False
-
-    def allow_force_backward(self, bottom_index: int) -> bool:
-        return False
 
     def setup(self, bottom, top):
         ap = self.layer_param.accuracy_param
@@ -320,7 +326,7 @@ class AccuracyDecodeLayer(Layer):
 
 
 @register("AccuracyEncoding")
-class AccuracyEncodingLayer(Layer):
+class AccuracyEncodingLayer(_NoGradientLayer):
     """Accuracy of embeddings against running centroids it builds itself (MyCaffe's AccuracyEncodingLayer).
 
     Each item updates its label's centroid (the same rule as Decode's CENTROID target, with
@@ -331,10 +337,6 @@ class AccuracyEncodingLayer(Layer):
 
     exact_num_bottom = 2
     exact_num_top = 1
-    allow_in_place = False
-
-    def allow_force_backward(self, bottom_index: int) -> bool:
-        return False
 
     def setup(self, bottom, top):
         ap = self.layer_param.accuracy_param
@@ -386,7 +388,7 @@ class AccuracyEncodingLayer(Layer):
 
 
 @register("Knn")
-class KnnLayer(Layer):
+class KnnLayer(_RunningStateLayer):
     """k-nearest-neighbour class scores from stored training embeddings (MyCaffe's KnnLayer).
 
     TRAIN: stores the last ``max_stored_batches`` batches of (embedding, label) in its parameter blobs (info,
@@ -400,13 +402,6 @@ class KnnLayer(Layer):
     min_bottom = 1
     max_bottom = 2
     min_top = 1
-    allow_in_place = False
-
-    def fixed_param_indices(self) -> List[int]:
-        return list(range(len(self.blobs)))
-
-    def allow_force_backward(self, bottom_index: int) -> bool:
-        return False
 
     def setup(self, bottom, top):
         p = self.layer_param.knn_param
