@@ -29,15 +29,7 @@ def test_detection(solver, test_net_id: int = 0) -> dict:
     results = {name: [] for name in net.outputs}
     loss = 0.0
     for _ in range(n):
-        request = solver._requested_action()
-        while request != "none":
-            if request == "snapshot":
-                solver.snapshot()
-            elif request == "stop":
-                solver.requested_early_exit = True
-            request = solver._requested_action()
-        if solver.requested_early_exit:
-            log.info("Test interrupted.")
+        if solver._test_interrupted():
             return {}
         loss += net.forward_loss()
         for name in net.outputs:

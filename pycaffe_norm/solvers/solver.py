@@ -434,6 +434,20 @@ class Solver:
     def test_all(self) -> List[dict]:
         return [self.test(i) for i in range(len(self.test_nets))]
 
+    def _test_interrupted(self) -> bool:
+        """Acts on every pending signal request before the next test batch, as Caffe does; True when testing must
+        stop. With data parallelism all ranks act on requests together, after an iteration, not here."""
+        request = self._requested_action() if self.parallel is None else "none"
+        while request != "none":
+            if request == "snapshot":
+                self.snapshot()
+            elif request == "stop":
+                self.requested_early_exit = True
+            request = self._requested_action()
+        if self.requested_early_exit:
+            log.info("Test interrupted.")
+        return self.requested_early_exit
+
     def test(self, test_net_id: int = 0) -> dict:
         """Runs ``test_iter`` forward passes of a test net; logs and returns the mean of each output."""
         p = self.param
@@ -446,16 +460,7 @@ class Solver:
         sums = {}
         loss = 0.0
         for _ in range(n):
-            # with data parallelism all ranks act on requests together, after an iteration
-            request = self._requested_action() if self.parallel is None else "none"
-            while request != "none":     # as Caffe: act on every pending request before the next batch
-                if request == "snapshot":
-                    self.snapshot()
-                elif request == "stop":
-                    self.requested_early_exit = True
-                request = self._requested_action()
-            if self.requested_early_exit:
-                log.info("Test interrupted.")
+            if self._test_interrupted():
                 return {}
             it_loss = net.forward_loss()
             loss += it_loss
