@@ -17,7 +17,7 @@ from pycaffe_norm.layers import cuda_kernels
 
 from . import fake_cupy
 from .reference_check import check, load, tol
-from .test_reference import CASES, items, kind
+from .test_reference import CASES, items, kind, run_case
 
 
 @pytest.fixture
@@ -71,32 +71,7 @@ def test_solver_case_on_fake_device(d, tmp_path, fake_gpu):
 
 def run_reference_case(d) -> None:
     """A reference case in GPU mode (whatever device backend._cupy is), checked against its stored outputs."""
-    meta, A = load(d)
-    phase = getattr(caffe, meta["phase"])
-    if meta.get("weights"):
-        net = caffe.Net(str(d / "net.prototxt"), str(d / meta["weights"]), phase)
-    else:
-        net = caffe.Net(str(d / "net.prototxt"), phase)
-    for k, layer, i in items(A, "param/"):
-        net.params[layer][i].data[...] = A[k]
-    for b in meta["inputs"]:
-        net.blobs[b].data[...] = A["in/" + b]
-    net.forward()
-    for k in A:
-        if k.startswith("out/"):
-            check(host(net.blobs[k[4:]].data), A[k], tol(meta, k), k)
-    for k, layer, i in items(A, "after/"):
-        check(host(net.params[layer][i].data), A[k], tol(meta, k), k)
-    if meta["backward"]:
-        for k in A:
-            if k.startswith("topdiff/"):
-                net.blobs[k[8:]].diff[...] = A[k]
-        net.backward()
-        for k in A:
-            if k.startswith("grad/"):
-                check(host(net.blobs[k[5:]].diff), A[k], tol(meta, k), k)
-        for k, layer, i in items(A, "pgrad/"):
-            check(host(net.params[layer][i].diff), A[k], tol(meta, k), k)
+    run_case(d, host)
 
 
 def run_solver_case(d, tmp_path) -> None:

@@ -29,12 +29,18 @@ def kind(d):
 
 @pytest.mark.parametrize("d", [d for d in CASES if kind(d) != "solver"], ids=lambda d: d.name)
 def test_forward_backward(d):
+    run_case(d)
+
+
+def run_case(d, host=lambda a: a) -> None:
+    """Loads, forwards and backwards one case through the pycaffe API and checks every stored array; ``host``
+    turns a blob's array into a NumPy one (the identity on the CPU; a device copy in GPU-mode tests)."""
     meta, A = load(d)
     phase = getattr(caffe, meta["phase"])
     if meta.get("weights"):
         net = caffe.Net(str(d / "net.prototxt"), str(d / meta["weights"]), phase)
         for k, layer, i in items(A, "param/"):
-            check(net.params[layer][i].data, A[k], LOAD_TOL, "load:" + k)
+            check(host(net.params[layer][i].data), A[k], LOAD_TOL, "load:" + k)
     else:
         net = caffe.Net(str(d / "net.prototxt"), phase)
     for k, layer, i in items(A, "param/"):
@@ -44,9 +50,9 @@ def test_forward_backward(d):
     net.forward()
     for k in A:
         if k.startswith("out/"):
-            check(net.blobs[k[4:]].data, A[k], tol(meta, k), k)
+            check(host(net.blobs[k[4:]].data), A[k], tol(meta, k), k)
     for k, layer, i in items(A, "after/"):
-        check(net.params[layer][i].data, A[k], tol(meta, k), k)
+        check(host(net.params[layer][i].data), A[k], tol(meta, k), k)
     if meta["backward"]:
         for k in A:
             if k.startswith("topdiff/"):
@@ -54,9 +60,9 @@ def test_forward_backward(d):
         net.backward()
         for k in A:
             if k.startswith("grad/"):
-                check(net.blobs[k[5:]].diff, A[k], tol(meta, k), k)
+                check(host(net.blobs[k[5:]].diff), A[k], tol(meta, k), k)
         for k, layer, i in items(A, "pgrad/"):
-            check(net.params[layer][i].diff, A[k], tol(meta, k), k)
+            check(host(net.params[layer][i].diff), A[k], tol(meta, k), k)
 
 
 @pytest.mark.parametrize("d", [d for d in CASES if kind(d) == "solver"], ids=lambda d: d.name)
