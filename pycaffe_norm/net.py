@@ -7,7 +7,7 @@ from typing import Callable, Iterable, List, Optional
 
 import numpy as np
 
-from . import backend, prototxt
+from . import backend, parallel, prototxt
 from .blob import Blob, MemoryLimitError, memory_budget
 from .errors import NetError, PcnError, ShapeError
 from .layers import create_layer
@@ -170,6 +170,7 @@ class Net:
         self.state = caffe_pb2.NetState()
         self.state.CopyFrom(param.state)
         xp = backend.xp_for_mode()
+        self._numpy = xp is np  # the pass context splits NumPy work over the thread pool
         # Layers are created before split insertion so their loss weights are known.
         layer_params = list(param.layer)
         for lp in layer_params:
@@ -461,6 +462,10 @@ class Net:
 
     # --- running ------------------------------------------------------------------------------------------
     def _forward(self, start: int, end: int) -> float:
+        with parallel.pass_context(self._numpy):
+            return self._forward_layers(start, end)
+
+    def _forward_layers(self, start: int, end: int) -> float:
         loss = 0.0
         for i in range(start, end + 1):
             layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
@@ -476,6 +481,10 @@ class Net:
         return loss
 
     def _backward(self, start: int, end: int) -> None:
+        with parallel.pass_context(self._numpy):
+            self._backward_layers(start, end)
+
+    def _backward_layers(self, start: int, end: int) -> None:
         for i in range(start, end - 1, -1):
             for fn in self._before_backward:
                 fn(i)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from pycaffe_norm import parallel
@@ -62,3 +63,39 @@ def test_blocks_split_each_threads_part(threads):
     seen = []
     parallel.over_batch(9, lambda a, b: seen.append((a, b)), elements=90, block=20)   # 10 per image: 2 per block
     assert sorted(seen) == [(0, 2), (2, 3), (3, 5), (5, 6), (6, 8), (8, 9)]
+
+
+def _blas_threads():
+    import threadpoolctl
+
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_blas_runs_single_threaded_inside_the_pool_and_in_a_net_pass(threads):
+    pytest.importorskip("threadpoolctl")
+    seen = []
+    parallel.over_batch(3, lambda a, b: seen.append(_blas_threads()), elements=1)
+    assert seen and all(n == [1] * len(n) for n in seen)
+    with parallel.pass_context(numpy=True):
+        assert all(n == 1 for n in _blas_threads())
+
+
+def test_pass_context_leaves_blas_alone_on_one_thread_or_the_gpu(monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    before = _blas_threads()
+    monkeypatch.setenv("PCN_THREADS", "1")
+    with parallel.pass_context(numpy=True):
+        assert _blas_threads() == before
+    monkeypatch.setenv("PCN_THREADS", "3")
+    with parallel.pass_context(numpy=False):
+        assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("shape", [(37, 5, 11), (3, 40, 90), (1, 7, 1)])
+def test_matmul_split_over_threads_equals_numpy(threads, shape):
+    m, k, n = shape
+    rng = np.random.RandomState(0)
+    a, b = rng.randn(m, k), rng.randn(k, n)
+    out = np.full((m, n), np.nan)
+    parallel.matmul(a, b, out)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-13, atol=1e-13)

@@ -5,7 +5,7 @@ from typing import List
 
 import numpy as np
 
-from .. import backend
+from .. import backend, parallel
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
@@ -130,7 +130,6 @@ class InnerProductLayer(Layer):
         top[0].reshape(b.shape[:axis] + (self.num_output,))
 
     def forward(self, bottom, top):
-        xp = bottom[0].xp
         x = bottom[0].data.reshape(self.m, self.k)
         if self._noisy():
             if self.resample_noise:
@@ -140,7 +139,7 @@ class InnerProductLayer(Layer):
             params = [blob.data for blob in self.blobs[:2 if self.bias_term else 1]]
         w = params[0]
         y = top[0].data.reshape(self.m, self.num_output)
-        xp.matmul(x, w if self.transpose else w.T, out=y)
+        _product(x, w if self.transpose else w.T, y)
         if self.bias_term:
             y += params[1]
 
@@ -159,7 +158,7 @@ class InnerProductLayer(Layer):
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             w = self.blobs[0].data
-            bottom[0].xp.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))
+            _product(dy, w.T if self.transpose else w, bottom[0].diff.reshape(self.m, self.k))
 
     def _noisy_backward(self, dy, x, propagate_down, bottom) -> None:
         """TRAIN with noise: dW and dsigma_W = dW_eff * eps (likewise the bias), dx = dy W_eff. MyCaffe sets
@@ -177,17 +176,26 @@ class InnerProductLayer(Layer):
             bottom[0].xp.matmul(dy, w.T if self.transpose else w, out=bottom[0].diff.reshape(self.m, self.k))
 
 
+def _product(a, b, out) -> None:
+    """``out[...] = a @ b``; NumPy's split over the thread pool (BLAS runs single-threaded inside a net pass)."""
+    if isinstance(out, np.ndarray):
+        parallel.matmul(a, b, out)
+    else:
+        backend.array_module(out).matmul(a, b, out=out)
+
+
 def _add_product(out, a, b) -> None:
     """``out += a @ b`` in blocks of rows, so that the product's temporary stays small (CaffeNet's fc6 weight
-    gradient would otherwise allocate a 151 MB array every iteration; Caffe's GEMM accumulates with beta = 1)."""
+    gradient would otherwise allocate a 151 MB array every iteration; Caffe's GEMM accumulates with beta = 1).
+    The blocks of NumPy arrays run on the thread pool, each with its thread's temporary."""
     xp = backend.array_module(out)
-    rows = max(1, _PRODUCT_BLOCK // max(b.shape[1], 1))
-    ws = shared_workspace()
-    for r0 in range(0, a.shape[0], rows):
-        r1 = min(a.shape[0], r0 + rows)
-        tmp = ws.get("ip_product", (r1 - r0, b.shape[1]), out.dtype, xp)
+
+    def rows(r0, r1):
+        tmp = shared_workspace().get("ip_product", (r1 - r0, b.shape[1]), out.dtype, xp)
         xp.matmul(a[r0:r1], b, out=tmp)
         out[r0:r1] += tmp
+
+    parallel.over_batch(a.shape[0], rows, out.size + a.size + b.size, xp is np, _PRODUCT_BLOCK)
 
 
 @register("Embed")
