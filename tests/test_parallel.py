@@ -66,9 +66,9 @@ def test_blocks_split_each_threads_part(threads):
 
 
 def _blas_threads():
-    import threadpoolctl
-
-    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    """Threads of the BLAS libraries pcn drives (those loaded with NumPy; others tests load later are not ours)."""
+    parallel.single_threaded_blas()  # finds them on first use
+    return [lib["num_threads"] for lib in parallel._blas.info() if lib["user_api"] == "blas"]
 
 
 def test_blas_runs_single_threaded_inside_the_pool_and_in_a_net_pass(threads):
