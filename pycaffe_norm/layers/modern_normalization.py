@@ -13,10 +13,12 @@ from typing import List, Tuple
 
 import numpy as np
 
+from .. import parallel
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
+from . import im2col as ic
 from .base import TEST, Layer, register
 from .normalization import _buffer
 
@@ -26,11 +28,6 @@ logger = logging.getLogger("pycaffe_norm")
 def _f(value: float) -> float:
     """A float32 field as the decimal it was written as (eps: 1e-5 is 1e-5 in float64 nets, not 9.99999974e-06)."""
     return float(str(np.float32(value)))
-
-
-def _row_sum(xp, a):
-    """Row sums of a 2-D array as many small BLAS dot products (stays on one thread; see normalization.py)."""
-    return xp.matmul(a[:, None, :], xp.ones((a.shape[1], 1), dtype=a.dtype))[:, 0, 0]
 
 
 def _row_dot(xp, a, b):
@@ -54,10 +51,58 @@ def _prod(shape) -> int:
     return out
 
 
+# Elements of one block of units per call (1 MiB of float32 per array): few NumPy calls per pass, and a block's
+# scratch and row statistics stay in the cache between the passes of one call.
+_BLOCK = 1 << 18
+_ONES: dict = {}
+
+
+def _ones(xp, n: int, dtype):
+    """A read-only vector of ``n`` ones (cached for NumPy), the right operand of the row-sum GEMVs."""
+    if xp is not np:
+        return xp.ones(n, dtype=dtype)
+    key = (n, np.dtype(dtype).str)
+    v = _ONES.get(key)
+    if v is None:
+        v = np.ones(n, dtype=dtype)
+        v.flags.writeable = False
+        _ONES[key] = v
+    return v
+
+
+def _over_units(xp, units: int, size: int, row: int, fn) -> None:
+    """Runs ``fn(u0, u1, first)`` over blocks of about ``_BLOCK`` elements (units of ``size`` elements each), the
+    blocks of each thread's chunk in order on that thread; ``first`` is the chunk's first unit (the key of that
+    chunk's partial sums). ``row``: the length of the rows that per-row values are broadcast along. NumPy's ufuncs
+    then run with a buffer of at most one row (this thread only): with its default 8192 elements, an operation
+    that broadcasts a per-row value along shorter rows runs about 2.5 times slower (the iterator buffers it)."""
+    step = max(1, _BLOCK // max(size, 1))
+    bufsize = 8192
+    while bufsize > 16 and bufsize > row:
+        bufsize //= 2
+
+    def chunk(c0: int, c1: int) -> None:
+        old = np.setbufsize(bufsize) if xp is np else None
+        try:
+            for u0 in range(c0, c1, step):
+                fn(u0, min(c1, u0 + step), c0)
+        finally:
+            if old is not None:
+                np.setbufsize(old)
+
+    if units:
+        parallel.over_batch(units, chunk, units * size, xp is np)
+
+
 class _RowNormLayer(Layer):
     """Normalises the rows of an (R, M) view of the input: ``x_hat = (x - mean) / sqrt(var + eps)`` (or, without
     centring, ``x / sqrt(mean(x^2) + eps)``), then an optional affine part laid out per row element ("inner",
     weight of shape (M,)) or per channel ("channel", weight (C,) on an (N, C, S) view).
+
+    The work is split into "units" of ``q`` consecutive rows (a row for LayerNorm and RMSNorm, a sample for GroupNorm
+    and InstanceNorm), whose affine part is one vector of ``q * M`` elements (the channel weights repeated over the
+    spatial positions). Blocks of units run on pcn's thread pool, each block making all its passes while it is in
+    the core's cache; parameter gradients are summed per thread chunk, then the chunks in batch order.
 
     Subclasses set ``self.eps``, ``self.center``, ``self.affine``, ``self.bias``, ``self.layout``,
     ``self.first_affine`` (index of the weight blob) and implement ``_rows``.
@@ -78,21 +123,25 @@ class _RowNormLayer(Layer):
         shape = blob.shape
         return shape[0], shape[1], _prod(shape[2:])
 
-    def _normalise(self, xp, x2):
-        """Writes x_hat into a cached (R, M) buffer; returns it. ``self._inv`` gets 1/sqrt(var + eps), (R,)."""
-        dt = x2.dtype.type
-        m = dt(x2.shape[1])
-        xh = _buffer(self, "xhat", xp, x2.shape, x2.dtype)
-        if self.center:
-            xp.subtract(x2, (_row_sum(xp, x2) / m)[:, None], out=xh)
-        var = _row_dot(xp, xh, xh) / m if self.center else _row_dot(xp, x2, x2) / m
-        self._var = var
-        self._inv = xp.reciprocal(xp.sqrt(var + dt(self.eps)))
-        if self.center:
-            xh *= self._inv[:, None]
+    def _units(self, blob: Blob, rows: int) -> Tuple[int, int]:
+        """(number of units, rows per unit)."""
+        if self.layout == "inner" or rows == 0:
+            return rows, 1
+        n = blob.shape[0]
+        return n, rows // n
+
+    def _unit_affine(self, xp, blob: Blob, m: int, q: int):
+        """The weight and bias as vectors over one unit (q * M elements), or None."""
+        if not self.affine:
+            return None, None
+        i = self.first_affine
+        vecs = [self.blobs[i].data] + ([self.blobs[i + 1].data] if self.bias else [])
+        if self.layout == "inner":
+            vecs = [v.reshape(-1) for v in vecs]
         else:
-            xp.multiply(x2, self._inv[:, None], out=xh)
-        return xh
+            s = self._ncs(blob)[2]
+            vecs = [xp.repeat(v, s) for v in vecs]
+        return vecs[0], (vecs[1] if self.bias else None)
 
     def _affine_forward(self, xp, xh, y2, bottom: Blob) -> None:
         if not self.affine:
@@ -140,68 +189,141 @@ class _RowNormLayer(Layer):
 
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
         xp = bottom[0].xp
-        x2 = bottom[0].data.reshape(self._rows(bottom[0]))
-        xh = self._normalise(xp, x2)
-        self._affine_forward(xp, xh, top[0].data.reshape(x2.shape), bottom[0])
+        r, m = self._rows(bottom[0])
+        x2 = bottom[0].data.reshape(r, m)
+        dt = x2.dtype.type
+        units, q = self._units(bottom[0], r)
+        k = q * m
+        xh = _buffer(self, "xhat", xp, (r, m), x2.dtype)
+        mean = _buffer(self, "mean", xp, (r,), x2.dtype) if self.center else None
+        var = self._var = _buffer(self, "var", xp, (r,), x2.dtype)
+        inv = self._inv = _buffer(self, "inv", xp, (r,), x2.dtype)
+        x, xu, y = x2.reshape(units, k), xh.reshape(units, k), top[0].data.reshape(units, k)
+        w, b = self._unit_affine(xp, bottom[0], m, q)
+        ones, dm, eps, center = _ones(xp, m, x2.dtype), dt(m), dt(self.eps), self.center
+        self._mean = mean
+
+        def block(u0: int, u1: int, _first: int) -> None:
+            r0, r1 = u0 * q, u1 * q
+            xr, hr = x[u0:u1].reshape(-1, m), xu[u0:u1].reshape(-1, m)
+            if center:
+                mu = mean[r0:r1]
+                xp.matmul(xr, ones, out=mu)
+                mu /= dm
+                xp.subtract(xr, mu[:, None], out=hr)
+                src = hr
+            else:
+                src = xr
+            v = var[r0:r1]
+            v[...] = xp.matmul(src[:, None, :], src[:, :, None])[:, 0, 0]
+            v /= dm
+            iv = inv[r0:r1]
+            xp.add(v, eps, out=iv)
+            xp.sqrt(iv, out=iv)
+            xp.reciprocal(iv, out=iv)
+            xp.multiply(src, iv[:, None], out=hr)
+            hu, yu = xu[u0:u1], y[u0:u1]
+            if w is not None:
+                xp.multiply(hu, w, out=yu)          # y may be x (in place): x is not read after x_hat
+                if b is not None:
+                    yu += b
+            else:
+                yu[...] = hu
+
+        if m:
+            _over_units(xp, units, k, m, block)
+        else:       # empty rows: the statistics are 0 / 0, as NumPy's mean of nothing
+            for a in (mean, var, inv):
+                if a is not None:
+                    a.fill(float("nan"))
 
     def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
         xp = bottom[0].xp
         xh = self._buffers["xhat"]
-        dy2 = top[0].diff.reshape(xh.shape)
-        if self.layout == "channel":
-            self._channel_backward(xp, dy2, xh, propagate_down[0], bottom[0])
-            return
-        g = self._affine_backward(xp, dy2, xh, bottom[0])
-        if not propagate_down[0]:
-            return
+        r, m = xh.shape
+        units, q = self._units(bottom[0], r)
+        k = q * m
         dt = xh.dtype.type
-        m = dt(xh.shape[1])
-        # centred:  dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + eps)
-        # RMS:      dx = (g - x_hat * mean(g * x_hat)) / sqrt(mean(x^2) + eps)
-        tmp = _buffer(self, "tmp", xp, xh.shape, xh.dtype)
-        xp.multiply(xh, (_row_dot(xp, g, xh) / m)[:, None], out=tmp)
-        if self.center:
-            tmp += (_row_sum(xp, g) / m)[:, None]
-        dx = bottom[0].diff.reshape(xh.shape)
-        xp.subtract(g, tmp, out=dx)          # dx may be g (in place, no affine): g is read for the last time
-        dx *= self._inv[:, None]
-
-
-    def _channel_backward(self, xp, dy2, xh, propagate_down: bool, bottom: Blob) -> None:
-        """The backward for rows made of whole channels (GroupNorm, InstanceNorm): the sums are taken once per
-        (n, c), for the parameter gradients, and combined per group; then
-        dx = (dy * w + x_hat * B + C) * inv with per-(n, c) B = -mean(g * x_hat), C = -mean(g), g = dy * w."""
-        n, c, s = self._ncs(bottom)
-        groups = xh.shape[0] // n
-        dt = xh.dtype.type
-        sum_dy = _row_sum(xp, dy2.reshape(n * c, s)).reshape(n, c)
-        sum_dyx = _row_dot(xp, dy2.reshape(n * c, s), xh.reshape(n * c, s)).reshape(n, c)
-        if self.affine:
-            i = self.first_affine
-            if self.param_propagate_down[i]:
-                self.blobs[i].diff[...] += sum_dyx.sum(axis=0)
-            if self.param_propagate_down[i + 1]:
-                self.blobs[i + 1].diff[...] += sum_dy.sum(axis=0)
-        if not propagate_down:
+        dy, xu, dx = top[0].diff.reshape(units, k), xh.reshape(units, k), bottom[0].diff.reshape(units, k)
+        w, _ = self._unit_affine(xp, bottom[0], m, q)
+        i = self.first_affine
+        want_w = self.affine and self.param_propagate_down[i]
+        want_b = self.bias and self.param_propagate_down[i + 1]
+        prop = propagate_down[0]
+        if not (want_w or want_b or prop) or not m:
             return
-        w = self.blobs[self.first_affine].data if self.affine else None
-        g_sum, gx_sum = (sum_dy * w[None, :], sum_dyx * w[None, :]) if w is not None else (sum_dy, sum_dyx)
-        m = dt(xh.shape[1])
-        per_group = c // groups
-        b_coef = xp.repeat(-gx_sum.reshape(n, groups, per_group).sum(axis=2) / m, per_group, axis=1)
-        c_coef = xp.repeat(-g_sum.reshape(n, groups, per_group).sum(axis=2) / m, per_group, axis=1)
-        inv = xp.repeat(self._inv.reshape(n, groups), per_group, axis=1)
-        dy3, xh3 = dy2.reshape(n, c, s), xh.reshape(n, c, s)
-        tmp = _buffer(self, "tmp", xp, xh3.shape, xh.dtype)
-        xp.multiply(xh3, b_coef[:, :, None], out=tmp)
-        tmp += c_coef[:, :, None]
-        dx = bottom.diff.reshape(n, c, s)
-        if w is not None:
-            xp.multiply(dy3, w[None, :, None], out=dx)       # dx may be dy (in place): elementwise
-            dx += tmp
-        else:
-            xp.add(dy3, tmp, out=dx)
-        dx *= inv[:, :, None]
+        channel = self.layout == "channel"
+        n_c, c_c, s_c = self._ncs(bottom[0]) if channel else (0, 0, 0)
+        ones, dm, center, inv = _ones(xp, m, xh.dtype), dt(m), self.center, self._inv
+        partial: dict = {}
+
+        def block(u0: int, u1: int, first: int) -> None:
+            nb, r0, r1 = u1 - u0, u0 * q, u1 * q
+            dyb, hb, dxb = dy[u0:u1], xu[u0:u1], dx[u0:u1]
+            p = ic.shared_workspace().get("modern_norm_p", (nb, k), xh.dtype, xp)
+            acc = partial.get(first)
+            if channel:
+                # per (n, c) sums over the spatial positions: the parameter gradients, and (weighted with the
+                # channel weights) the per-row sums of the x_hat gradient g = dy * w
+                d3, h3 = dyb.reshape(-1, 1, s_c), hb.reshape(-1, s_c, 1)
+                pc = xp.matmul(d3, h3).reshape(nb, c_c)
+                dc = xp.matmul(dyb.reshape(-1, s_c), _ones(xp, s_c, xh.dtype)).reshape(nb, c_c)
+                if want_w or want_b:
+                    sums = (pc.sum(axis=0), dc.sum(axis=0))
+                if prop:
+                    wc = self.blobs[i].data if self.affine else None
+                    if wc is not None:
+                        pc, dc = pc * wc, dc * wc
+                    sgx, sg = pc.reshape(-1, c_c // q).sum(axis=1), dc.reshape(-1, c_c // q).sum(axis=1)
+            else:
+                xp.multiply(dyb, hb, out=p)          # dy * x_hat
+                if want_w or want_b:
+                    sums = (xp.matmul(_ones(xp, nb, xh.dtype), p) if want_w else None,
+                            xp.matmul(_ones(xp, nb, xh.dtype), dyb) if want_b else None)
+                if prop:    # a unit is one row here: sum(g * x_hat) = (dy * x_hat) . w, sum(g) = dy . w
+                    v = w if w is not None else ones
+                    sgx = xp.matmul(p, v)
+                    sg = xp.matmul(dyb, v) if center else None
+            if want_w or want_b:
+                if acc is None:
+                    partial[first] = [None if s is None else s.copy() for s in sums]
+                else:
+                    for a, s in zip(acc, sums):
+                        if s is not None:
+                            a += s
+            if not prop:
+                return
+            # centred:  dx = (g - mean(g)) * inv - x_hat * (mean(g * x_hat) * inv)
+            # RMS:      dx = g * inv - x_hat * (mean(g * x_hat) * inv)
+            iv = inv[r0:r1]
+            bi = sgx / dm
+            bi *= iv
+            if w is not None:
+                xp.multiply(dyb, w, out=p)           # g (p is free again)
+                src = p
+            else:
+                src = dyb
+            sr, dr, hr = src.reshape(-1, m), dxb.reshape(-1, m), hb.reshape(-1, m)
+            if center:
+                xp.subtract(sr, (sg / dm)[:, None], out=dr)   # dx may be dy (in place): elementwise
+                dr *= iv[:, None]
+            else:
+                xp.multiply(sr, iv[:, None], out=dr)
+            pr = p.reshape(-1, m)
+            xp.multiply(hr, bi[:, None], out=pr)
+            dr -= pr
+
+        _over_units(xp, units, k, m, block)
+        if want_w or want_b:
+            tot = None
+            for first in sorted(partial):
+                part = partial[first]
+                tot = part if tot is None else [a if a is None else a + s for a, s in zip(tot, part)]
+            for j, (want, s) in enumerate(((want_w, tot[0]), (want_b, tot[1]))):
+                if want:
+                    if not channel:
+                        s = s.reshape(self.blobs[i + j].shape)
+                    self.blobs[i + j].diff[...] += s
 
 
 def _trailing_axis(layer: Layer, blob: Blob, axis: int) -> int:
@@ -395,13 +517,10 @@ class InstanceNormLayer(_RowNormLayer):
 
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
         if not self.use_global_stats:
-            n, c, s = self._ncs(bottom[0])
-            x2 = bottom[0].data.reshape(n * c, s)
-            # the instance means, before an in-place forward overwrites the input
-            mean = (_row_sum(bottom[0].xp, x2) / x2.dtype.type(s)).reshape(n, c) if self.track else None
             super().forward(bottom, top)
             if self.track:
-                self._update_running(mean, s)
+                n, c, s = self._ncs(bottom[0])
+                self._update_running(self._mean.reshape(n, c), s)
             return
         xp = bottom[0].xp
         x3 = bottom[0].data.reshape(self._ncs(bottom[0]))

@@ -374,3 +374,69 @@ def test_convnext_grn_all_zero_sample_with_eps_0_is_finite():
     top[0].diff[...] = 1
     layer.backward(top, [True], bottom)
     assert np.all(np.isfinite(bottom[0].diff)) and np.all(np.isfinite(top[0].data))
+
+
+# --------------------------------------------------------------------------------------------------------
+# blocks of units on pcn's thread pool (the small shapes above run as one block on the calling thread)
+# --------------------------------------------------------------------------------------------------------
+ROW_NORM_CASES = [c for c in GRAD_CASES if "ConvNeXtGRN" not in c[0] and "use_global_stats" not in c[0]]
+
+
+@pytest.fixture
+def split_units(monkeypatch):
+    """Every unit (row or sample) its own block, on two threads, however small the input."""
+    from pycaffe_norm import parallel
+    from pycaffe_norm.layers import modern_normalization
+
+    monkeypatch.setattr(modern_normalization, "_BLOCK", 1)
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+    monkeypatch.setenv("PCN_THREADS", "2")
+
+
+def _run_twice(text, x, in_place):
+    """(y, dx, parameter diffs, parameter data) after forward, backward, forward, backward (diffs accumulate)."""
+    layer = layer_of(text)
+    bottom = [make_blob(x)]
+    top = bottom if in_place else [make_blob(np.zeros(0))]
+    layer.initialize(bottom, top)
+    for blob, learned in zip(layer.blobs, layer.param_propagate_down):
+        if learned:
+            blob.data[...] = np.random.RandomState(blob.count).uniform(0.5, 1.5, blob.shape)
+    dy = np.random.RandomState(5).randn(*x.shape)
+    for _ in range(2):
+        bottom[0].data[...] = x
+        layer.forward(bottom, top)
+        y = np.array(top[0].data)
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+    return y, np.array(bottom[0].diff), [np.array(b.diff) for b in layer.blobs], [np.array(b.data) for b in layer.blobs]
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("text,shape", ROW_NORM_CASES)
+def test_blocks_on_threads_match_one_block(text, shape, in_place, request):
+    x = np.random.RandomState(len(text)).randn(*shape) * 1.3 + 0.3
+    one = _run_twice(text, x, in_place)
+    request.getfixturevalue("split_units")
+    split = _run_twice(text, x, in_place)
+    # the same up to rounding (BLAS sums a row in an order that can depend on the rows beside it; parameter
+    # gradients are summed per chunk, then the chunks in batch order)
+    for a, b in zip([*split[:2], *split[2], *split[3]], [*one[:2], *one[2], *one[3]]):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("text,shape", ROW_NORM_CASES)
+def test_gradient_exhaustive_in_blocks_on_threads(text, shape, in_place, split_units):
+    test_gradient_exhaustive(text, shape, in_place)
+
+
+def test_float32_blocks_on_threads_are_deterministic_and_leave_numpy_buffer_size(split_units):
+    text = 'type: "GroupNorm" group_norm_param { num_groups: 2 }'
+    x = np.random.RandomState(3).randn(7, 4, 3, 5).astype(np.float32)
+    before = np.getbufsize()
+    runs = [_run_twice(text, x, False) for _ in range(3)]
+    assert np.getbufsize() == before
+    for run in runs[1:]:
+        for a, b in zip([*run[:2], *run[2]], [*runs[0][:2], *runs[0][2]]):
+            np.testing.assert_array_equal(a, b)
