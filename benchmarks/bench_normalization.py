@@ -5,16 +5,18 @@ PyTorch CPU operation when torch is importable.
     python benchmarks/bench_normalization.py [--shapes 100x32x16x16,100x32x32x32] [--repeat 15]
     python benchmarks/bench_normalization.py --layers LRN,BatchNorm   # the cases whose names contain these
 
-Each case times one ``forward`` and one ``backward`` (bottom gradient, and parameter gradients where the
-layer has parameters) and reports the best (minimum) of ``--repeat`` runs after two warm-up runs, which is the
-figure least disturbed by other processes, and also the ratio of the medians; the PyTorch side
-times ``y = op(x); y.backward(dy)`` the same way, with ``torch.set_num_threads`` set to the number of threads
-NumPy's BLAS uses. The pcn layers run in Caffe's semantics (BatchNorm in TRAIN also updates its running sums);
-the PyTorch equivalents are listed in ``CASES``. The forward outputs of both are compared (``max|diff|``) so
-that the pairs are known to compute the same thing. Targets from the project: LRN at most 0.5x PyTorch's
-``local_response_norm``, BatchNorm at most 1.5x PyTorch's ``batch_norm``, and LayerNorm, GroupNorm, InstanceNorm,
-RMSNorm, ConvNeXtGRN and Batch Renormalization at most 1.5x their PyTorch operations. It prints a table and
-asserts nothing.
+Each case times one ``forward`` and one ``backward`` (bottom gradient, and parameter gradients where the layer has
+parameters) and reports the best (minimum) of ``--repeat`` runs after two warm-up runs, which is the figure least
+disturbed by other processes, and also the ratio of the medians; the PyTorch side times ``y = op(x); y.backward(dy)``
+the same way, alternating run by run with pcn's forward + backward (so that both see the same load and caches), with
+``torch.set_num_threads`` set to the number of threads NumPy's BLAS uses. ``--threads N`` gives pcn's pool
+(``PCN_THREADS``), BLAS and PyTorch N threads each; ``--clock cpu`` times with the process's CPU time instead of the
+wall clock (steadier on a shared machine; with ``--threads 1`` it is the time of the one thread that works). The pcn
+layers run in Caffe's semantics (BatchNorm in TRAIN also updates its running sums); the PyTorch equivalents are
+listed in ``CASES``. The forward outputs of both are compared (``max|diff|``) so that the pairs are known to compute
+the same thing. Targets from the project: LRN at most 0.5x PyTorch's ``local_response_norm``, BatchNorm at most 1.5x
+PyTorch's ``batch_norm``, and LayerNorm, GroupNorm, InstanceNorm, RMSNorm, ConvNeXtGRN and Batch Renormalization at
+most 1.5x their PyTorch operations. It prints a table and asserts nothing.
 """
 from __future__ import annotations
 
@@ -102,16 +104,26 @@ def blas_threads() -> Tuple[int, str]:
     return n, "usable CPUs (OpenBLAS's default)"
 
 
+CLOCK = time.perf_counter
+
+
 def _median_ms(fn: Callable[[], None], repeat: int, warmup: int = 2) -> Tuple[float, float]:
-    """(median, best) wall time of ``fn`` in ms."""
+    """(median, best) time of ``fn`` in ms."""
+    return _alternating_ms([fn], repeat, warmup)[0]
+
+
+def _alternating_ms(fns: List[Callable[[], None]], repeat: int, warmup: int = 2) -> List[Tuple[float, float]]:
+    """(median, best) time in ms of each of ``fns``, run in turn ``repeat`` times."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: List[List[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times), min(times)
+        for fn, ts in zip(fns, times):
+            t = CLOCK()
+            fn()
+            ts.append((CLOCK() - t) * 1e3)
+    return [(statistics.median(ts), min(ts)) for ts in times]
 
 
 def pcn_case(spec: str, x: np.ndarray, dy: np.ndarray):
@@ -210,7 +222,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--repeat", type=int, default=15, help="timed runs per case (median reported)")
     ap.add_argument("--layers", default="", help="comma-separated substrings of the case names to run")
     ap.add_argument("--no-torch", action="store_true", help="time pcn only")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for pcn's pool, BLAS and PyTorch (default: PCN_THREADS and BLAS's own)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall clock, or the process's CPU time (use with --threads 1)")
     args = ap.parse_args(argv)
+
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    limits = None
+    if args.threads > 0:
+        os.environ["PCN_THREADS"] = str(args.threads)
+        try:
+            from threadpoolctl import threadpool_limits
+            limits = threadpool_limits(limits=args.threads, user_api="blas")  # noqa: F841 (held until exit)
+        except ImportError:
+            pass
+    from pycaffe_norm import parallel
 
     threads, how = blas_threads()
     torch = None
@@ -220,9 +248,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.set_num_threads(threads)
         except ImportError:
             torch = None
-    print("NumPy %s, BLAS threads %d (%s); %s; Python %s; %s" % (
-        np.__version__, threads, how, "torch %s, %d threads" % (torch.__version__, torch.get_num_threads())
-        if torch else "torch not importable", platform.python_version(), platform.processor() or platform.machine()))
+    print("NumPy %s, BLAS threads %d (%s), pcn pool threads %d; %s; Python %s; %s; %s clock" % (
+        np.__version__, threads, how, parallel.num_threads(), "torch %s, %d threads" % (
+            torch.__version__, torch.get_num_threads()) if torch else "torch not importable",
+        platform.python_version(), platform.processor() or platform.machine(), args.clock))
     wanted = [w.strip().lower() for w in args.layers.split(",") if w.strip()]
     cases = [c for c in CASES if not wanted or any(w in c[0].lower() for w in wanted)]
 
@@ -237,16 +266,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         dy = rs.randn(*shape).astype(np.float32)
         for name, spec, target, torch_key in cases:
             both, fwd, bwd, top = pcn_case(spec, x, dy)
-            med_both, t_both = _median_ms(both, args.repeat)
+            if torch is not None:
+                op = _torch_ops(torch, shape)[torch_key]
+                t_run, y_of = torch_case(torch, op, x, dy)
+                (med_both, t_both), (med_torch, t_torch) = _alternating_ms([both, t_run], args.repeat)
+            else:
+                med_both, t_both = _median_ms(both, args.repeat)
             _, t_fwd = _median_ms(fwd, args.repeat)
             # backward alone: forward once so every cache matches, then time backward only
             fwd()
             _, t_bwd = _median_ms(bwd, args.repeat)
             row = "%-44s %-15s %8.2f %8.2f %8.2f" % (name, shape_text, t_fwd, t_bwd, t_both)
             if torch is not None:
-                op = _torch_ops(torch, shape)[torch_key]
-                t_run, y_of = torch_case(torch, op, x, dy)
-                med_torch, t_torch = _median_ms(t_run, args.repeat)
                 fwd()   # pcn's forward on the same input (BatchNorm: batch statistics either way)
                 diff = float(np.abs(top.data - y_of()).max())
                 ratio = t_both / t_torch
@@ -255,8 +286,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     verdict = ("<= %.1fx %s" % (target, "ok" if ratio <= target else "MISS"))
                 row += " %9.2f %6.2fx %8.2fx %12s %9.1e" % (t_torch, ratio, med_both / med_torch, verdict, diff)
             print(row, flush=True)
-    print("times in ms, best of %d; ratio = pcn f+b / torch f+b (best; then medians); target: on the best"
-          % args.repeat)
+    print("times in ms (%s clock), best of %d; ratio = pcn f+b / torch f+b (best; then medians); target: on the best"
+          % (args.clock, args.repeat))
     if torch is not None:
         print("PyTorch equivalents:")
         for _, _, _, key in cases:
