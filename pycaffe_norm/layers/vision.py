@@ -11,7 +11,7 @@ from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
-from . import cpu_kernels, cuda_kernels
+from . import cuda_kernels
 from . import im2col as ic
 from .base import Layer, register
 
@@ -518,17 +518,6 @@ class PoolingLayer(Layer):
                 xp.multiply(sel, dy.reshape(n, c, 1), out=dx.reshape(n, c, h * w))
             else:
                 dx[...] = (dy / self._area).reshape(n, c, 1, 1)
-            return
-        if cpu_kernels.enabled(dy, dx):
-            if self.method == _PP.MAX:
-                def compiled(n0, n1):
-                    cpu_kernels.max_pool_backward(dy[n0:n1], self._arg[n0:n1], dx[n0:n1], self.kernel, self.stride,
-                                                  self.pad)
-            else:
-                def compiled(n0, n1):
-                    cpu_kernels.ave_pool_backward(dy[n0:n1], dx[n0:n1], self._area, self.kernel, self.stride,
-                                                  self.pad)
-            parallel.over_batch(n, compiled, dx.size, True)
             return
         wins = self._windows
         first = self._first_touch() if self.method == _PP.MAX else None
