@@ -76,6 +76,15 @@ def matmul(a, b, out) -> None:
         over_batch(n, lambda c0, c1: np.matmul(a, b[:, c0:c1], out=out[:, c0:c1]), m * n + a.size + b.size)
 
 
+def dot(a, b):
+    """``a @ b`` for 2-D arrays: NumPy's split over the pool by ``matmul``, other backends' as they are."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return a @ b
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    matmul(a, b, out)
+    return out
+
+
 def over_batch(n: int, fn: Callable[[int, int], None], elements: int = 0, numpy: bool = True,
                block: int = 0) -> None:
     """Calls ``fn(n0, n1)`` for chunks ``[n0, n1)`` covering ``range(n)``, on up to ``num_threads()`` threads, and

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import List
 
+from .. import parallel
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill, fill_array
@@ -87,7 +88,7 @@ def lstm_steps_backward(xp, cache: tuple, w_hh, dh_top, dh_last, dc_last, clip_t
 def recurrent_weight_grad(cache: tuple, d_gates):
     """dL/dW_hh of one ``lstm_steps_forward`` call."""
     h_conted = cache[2]
-    return d_gates.reshape(-1, d_gates.shape[-1]).T @ h_conted.reshape(-1, h_conted.shape[-1])
+    return parallel.dot(d_gates.reshape(-1, d_gates.shape[-1]).T, h_conted.reshape(-1, h_conted.shape[-1]))
 
 
 def _filler(param, name: str, default: caffe_pb2.FillerParameter) -> caffe_pb2.FillerParameter:
@@ -254,7 +255,8 @@ class CudnnLSTMLayer(Layer):
         h_last, c_last = [], []
         for layer, w in enumerate(views):
             self._inputs.append(inp)
-            proj = (inp.reshape(t_steps * n, -1) @ w["w_ih"].T + (w["b_ih"] + w["b_hh"])).reshape(t_steps, n, -1)
+            proj = (parallel.dot(inp.reshape(t_steps * n, -1), w["w_ih"].T) + (w["b_ih"] + w["b_hh"])).reshape(
+                t_steps, n, -1)
             out, cache = lstm_steps_forward(xp, proj, w["w_hh"], ones, h0[layer], c0[layer], CUDNN_GATES)
             self._caches.append(cache)
             h_last.append(out[-1])
@@ -291,13 +293,13 @@ class CudnnLSTMLayer(Layer):
                                                                   dc_last[layer])
             d2 = d_gates.reshape(t_steps * n, -1)
             if self.param_propagate_down[0]:
-                g["w_ih"] += d2.T @ inp.reshape(t_steps * n, -1)
+                g["w_ih"] += parallel.dot(d2.T, inp.reshape(t_steps * n, -1))
                 g["w_hh"] += recurrent_weight_grad(cache, d_gates)
                 db = d2.sum(axis=0)
                 g["b_ih"] += db
                 g["b_hh"] += db
             if layer > 0 or propagate_down[0]:
-                dy = (d2 @ w["w_ih"]).reshape(t_steps, n, -1)
+                dy = parallel.dot(d2, w["w_ih"]).reshape(t_steps, n, -1)
         if propagate_down[0]:
             bottom[0].diff[...] = self._time_major(dy).reshape(bottom[0].shape)
         if self.expose_in:
@@ -362,7 +364,7 @@ class _KernelLSTM(Layer):
         xp = bottom[0].xp
         t_steps, n = x.shape[:2]
         w_ih, w_hh, b = (blob.data for blob in self.blobs[:3])
-        proj = (x[:t_run].reshape(t_run * n, -1) @ w_ih.T + b).reshape(t_run, n, -1)
+        proj = (parallel.dot(x[:t_run].reshape(t_run * n, -1), w_ih.T) + b).reshape(t_run, n, -1)
         if len(bottom) > 1:
             cont = bottom[1].data.reshape(t_steps, n, 1)[:t_run]
         else:
@@ -387,12 +389,12 @@ class _KernelLSTM(Layer):
         d_gates, _, _ = lstm_steps_backward(xp, self._cache, w_hh, dh, zeros, zeros, self.clip_threshold)
         d2 = d_gates.reshape(t_run * n, -1)
         if self.param_propagate_down[0]:
-            self.blobs[0].diff += d2.T @ self._x.reshape(t_run * n, -1)
+            self.blobs[0].diff += parallel.dot(d2.T, self._x.reshape(t_run * n, -1))
         if self.param_propagate_down[1]:
             self.blobs[1].diff += recurrent_weight_grad(self._cache, d_gates)
         if self.param_propagate_down[2]:
             self.blobs[2].diff += d2.sum(axis=0)
-        return (d2 @ w_ih).reshape(t_run, n, -1) if propagate_x else None
+        return parallel.dot(d2, w_ih).reshape(t_run, n, -1) if propagate_x else None
 
 
 @register("LstmSimple")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import List
 
+from .. import parallel
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
@@ -143,7 +144,7 @@ class _RecurrentLayer(Layer):
         """W_x x_t + b (+ W_static x_static) for all time steps at once: (T, N, out)."""
         x = bottom[0]
         t_steps, n = x.shape[:2]
-        proj = x.data.reshape(t_steps * n, self.input_dim) @ w_x.T + b
+        proj = parallel.dot(x.data.reshape(t_steps * n, self.input_dim), w_x.T) + b
         proj = proj.reshape(t_steps, n, -1)
         if self.static_input:
             proj += (bottom[2].data.reshape(n, self.static_dim) @ w_static.T)[None]
@@ -155,11 +156,11 @@ class _RecurrentLayer(Layer):
         t_steps, n = x.shape[:2]
         d2 = d_proj.reshape(t_steps * n, -1)
         if self.param_propagate_down[i_wx]:
-            self.blobs[i_wx].diff += d2.T @ x.data.reshape(t_steps * n, self.input_dim)
+            self.blobs[i_wx].diff += parallel.dot(d2.T, x.data.reshape(t_steps * n, self.input_dim))
         if self.param_propagate_down[i_b]:
             self.blobs[i_b].diff += d2.sum(axis=0)
         if propagate_down[0]:
-            x.diff[...] = (d2 @ self.blobs[i_wx].data).reshape(x.shape)
+            x.diff[...] = parallel.dot(d2, self.blobs[i_wx].data).reshape(x.shape)
         if self.static_input:
             d_static = d_proj.sum(axis=0)  # x_static feeds every time step
             xs = bottom[2]
@@ -218,7 +219,7 @@ class RNNLayer(_RecurrentLayer):
             h_conted[t] = cont[t] * h_prev
             h_all[t] = xp.tanh(proj[t] + h_conted[t] @ w_hh.T)
             h_prev = h_all[t]
-        out = xp.tanh(h_all.reshape(t_steps * n, hd) @ w[ix["W_ho"]].T + w[ix["b_o"]])
+        out = xp.tanh(parallel.dot(h_all.reshape(t_steps * n, hd), w[ix["W_ho"]].T) + w[ix["b_o"]])
         top[0].data[...] = out.reshape(t_steps, n, hd)
         self._cache = (h_all, h_conted)
         self._state = [h_all[-1].copy()]
@@ -234,10 +235,10 @@ class RNNLayer(_RecurrentLayer):
         out = top[0].data.reshape(t_steps * n, hd)
         d_out = top[0].diff.reshape(t_steps * n, hd) * (1 - out * out)
         if self.param_propagate_down[ix["W_ho"]]:
-            self.blobs[ix["W_ho"]].diff += d_out.T @ h_all.reshape(t_steps * n, hd)
+            self.blobs[ix["W_ho"]].diff += parallel.dot(d_out.T, h_all.reshape(t_steps * n, hd))
         if self.param_propagate_down[ix["b_o"]]:
             self.blobs[ix["b_o"]].diff += d_out.sum(axis=0)
-        dh_out = (d_out @ self.blobs[ix["W_ho"]].data).reshape(t_steps, n, hd)
+        dh_out = parallel.dot(d_out, self.blobs[ix["W_ho"]].data).reshape(t_steps, n, hd)
         w_hh = self.blobs[ix["W_hh"]].data
         (dh_next,) = self._final_state_diffs(top, n)
         d_pre = bottom[0].xp.empty_like(h_all)
@@ -245,7 +246,8 @@ class RNNLayer(_RecurrentLayer):
             d_pre[t] = (dh_out[t] + dh_next) * (1 - h_all[t] * h_all[t])
             dh_next = cont[t] * (d_pre[t] @ w_hh)
         if self.param_propagate_down[ix["W_hh"]]:
-            self.blobs[ix["W_hh"]].diff += d_pre.reshape(t_steps * n, hd).T @ h_conted.reshape(t_steps * n, hd)
+            self.blobs[ix["W_hh"]].diff += parallel.dot(d_pre.reshape(t_steps * n, hd).T,
+                                                         h_conted.reshape(t_steps * n, hd))
         self._input_backward(bottom, propagate_down, d_pre, ix["W_xh"], ix["b_h"], ix["W_xh_static"])
         self._initial_state_backward(bottom, propagate_down, [dh_next])
 
