@@ -21,6 +21,7 @@ most 1.5x their PyTorch operations. It prints a table and asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -113,13 +114,17 @@ def _median_ms(fn: Callable[[], None], repeat: int, warmup: int = 2) -> Tuple[fl
 
 
 def _alternating_ms(fns: List[Callable[[], None]], repeat: int, warmup: int = 2) -> List[Tuple[float, float]]:
-    """(median, best) time in ms of each of ``fns``, run in turn ``repeat`` times."""
+    """(median, best) time in ms of each of ``fns``, run in turn ``repeat`` times. With several functions, each
+    turn runs its function once untimed first: the timed run then starts from that function's own state (PyTorch's
+    OpenMP threads spin for a while after each operation and would hold the cores pcn's pool needs next; caches)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: List[List[float]] = [[] for _ in fns]
     for _ in range(repeat):
         for fn, ts in zip(fns, times):
+            if len(fns) > 1:
+                fn()
             t = CLOCK()
             fn()
             ts.append((CLOCK() - t) * 1e3)
@@ -259,6 +264,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         "layer", "shape", "pcn fwd", "pcn bwd", "pcn f+b", "torch f+b", "ratio", "(median)", "target", "max|diff|")
     print(header)
     print("-" * len(header))
+    # pcn's layers run as inside a Net's pass (net.py): BLAS on one thread per call while pcn's pool splits the
+    # batch. Switching BLAS's threads on and off around every layer call instead leaves OpenBLAS's threads spinning
+    # on the cores that PyTorch's threads (and pcn's) need next (PyTorch's group_norm then took 17 ms, not 0.7).
+    context = contextlib.ExitStack()
+    context.enter_context(parallel.pass_context())
     rs = np.random.RandomState(0)
     for shape_text in args.shapes.split(","):
         shape = tuple(int(d) for d in shape_text.lower().split("x"))
@@ -286,6 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     verdict = ("<= %.1fx %s" % (target, "ok" if ratio <= target else "MISS"))
                 row += " %9.2f %6.2fx %8.2fx %12s %9.1e" % (t_torch, ratio, med_both / med_torch, verdict, diff)
             print(row, flush=True)
+    context.close()
     print("times in ms (%s clock), best of %d; ratio = pcn f+b / torch f+b (best; then medians); target: on the best"
           % (args.clock, args.repeat))
     if torch is not None:
