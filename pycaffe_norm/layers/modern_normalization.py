@@ -8,6 +8,7 @@ reads only what forward cached (the normalised input, or ConvNeXtGRN's input), n
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import List, Tuple
 
@@ -54,6 +55,8 @@ def _prod(shape) -> int:
 # Elements of one block of units per call (1 MiB of float32 per array): few NumPy calls per pass, and a block's
 # scratch and row statistics stay in the cache between the passes of one call.
 _BLOCK = 1 << 18
+# Groups of blocks that the threads take one at a time (parameter gradients are summed per group).
+_GROUPS = 8
 _ONES: dict = {}
 
 
@@ -71,27 +74,35 @@ def _ones(xp, n: int, dtype):
 
 
 def _over_units(xp, units: int, size: int, row: int, fn) -> None:
-    """Runs ``fn(u0, u1, first)`` over blocks of about ``_BLOCK`` elements (units of ``size`` elements each), the
-    blocks of each thread's chunk in order on that thread; ``first`` is the chunk's first unit (the key of that
-    chunk's partial sums). ``row``: the length of the rows that per-row values are broadcast along. NumPy's ufuncs
-    then run with a buffer of at most one row (this thread only): with its default 8192 elements, an operation
-    that broadcasts a per-row value along shorter rows runs about 2.5 times slower (the iterator buffers it)."""
+    """Runs ``fn(u0, u1, group)`` over the blocks of about ``_BLOCK`` elements (units of ``size`` elements each)
+    that cover ``range(units)``. The blocks form at most ``_GROUPS`` groups of consecutive blocks, numbered in batch
+    order; each of the pool's threads takes the next group not yet taken and runs its blocks in order (so that a core
+    that another process shares does not hold the other up for half the batch, and sums kept per group come out the
+    same on any number of threads). ``row``: the length of the rows that per-row values are broadcast along; NumPy's
+    ufuncs run with a buffer of at most one row (on these threads only): with its default 8192 elements, an
+    operation that broadcasts a per-row value along shorter rows runs about 2.5 times slower (it is buffered)."""
     step = max(1, _BLOCK // max(size, 1))
+    count = -(-units // step)
+    groups = min(count, _GROUPS)
+    taken = itertools.count()           # next() on it is atomic under the GIL
     bufsize = 8192
     while bufsize > 16 and bufsize > row:
         bufsize //= 2
 
-    def chunk(c0: int, c1: int) -> None:
+    def worker(_w0: int, _w1: int) -> None:
         old = np.setbufsize(bufsize) if xp is np else None
         try:
-            for u0 in range(c0, c1, step):
-                fn(u0, min(c1, u0 + step), c0)
+            for group in taken:
+                if group >= groups:
+                    break
+                for index in range(group * count // groups, (group + 1) * count // groups):
+                    fn(index * step, min(units, (index + 1) * step), group)
         finally:
             if old is not None:
                 np.setbufsize(old)
 
-    if units:
-        parallel.over_batch(units, chunk, units * size, xp is np)
+    if count:
+        parallel.over_batch(min(groups, parallel.num_threads()), worker, units * size, xp is np)
 
 
 class _RowNormLayer(Layer):
@@ -203,7 +214,7 @@ class _RowNormLayer(Layer):
         ones, dm, eps, center = _ones(xp, m, x2.dtype), dt(m), dt(self.eps), self.center
         self._mean = mean
 
-        def block(u0: int, u1: int, _first: int) -> None:
+        def block(u0: int, u1: int, _group: int) -> None:
             r0, r1 = u0 * q, u1 * q
             xr, hr = x[u0:u1].reshape(-1, m), xu[u0:u1].reshape(-1, m)
             if center:
@@ -257,11 +268,10 @@ class _RowNormLayer(Layer):
         ones, dm, center, inv = _ones(xp, m, xh.dtype), dt(m), self.center, self._inv
         partial: dict = {}
 
-        def block(u0: int, u1: int, first: int) -> None:
+        def block(u0: int, u1: int, group: int) -> None:
             nb, r0, r1 = u1 - u0, u0 * q, u1 * q
             dyb, hb, dxb = dy[u0:u1], xu[u0:u1], dx[u0:u1]
             p = ic.shared_workspace().get("modern_norm_p", (nb, k), xh.dtype, xp)
-            acc = partial.get(first)
             if channel:
                 # per (n, c) sums over the spatial positions: the parameter gradients, and (weighted with the
                 # channel weights) the per-row sums of the x_hat gradient g = dy * w
@@ -285,8 +295,9 @@ class _RowNormLayer(Layer):
                     sgx = xp.matmul(p, v)
                     sg = xp.matmul(dyb, v) if center else None
             if want_w or want_b:
+                acc = partial.get(group)
                 if acc is None:
-                    partial[first] = [None if s is None else s.copy() for s in sums]
+                    partial[group] = list(sums)
                 else:
                     for a, s in zip(acc, sums):
                         if s is not None:
@@ -315,9 +326,9 @@ class _RowNormLayer(Layer):
 
         _over_units(xp, units, k, m, block)
         if want_w or want_b:
-            tot = None
-            for first in sorted(partial):
-                part = partial[first]
+            tot = None          # the groups' sums in batch order: the same bits on any number of threads
+            for group in sorted(partial):
+                part = partial[group]
                 tot = part if tot is None else [a if a is None else a + s for a, s in zip(tot, part)]
             for j, (want, s) in enumerate(((want_w, tot[0]), (want_b, tot[1]))):
                 if want:

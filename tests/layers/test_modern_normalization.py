@@ -431,11 +431,14 @@ def test_gradient_exhaustive_in_blocks_on_threads(text, shape, in_place, split_u
     test_gradient_exhaustive(text, shape, in_place)
 
 
-def test_float32_blocks_on_threads_are_deterministic_and_leave_numpy_buffer_size(split_units):
+def test_float32_blocks_on_threads_are_deterministic_and_leave_numpy_buffer_size(split_units, monkeypatch):
     text = 'type: "GroupNorm" group_norm_param { num_groups: 2 }'
     x = np.random.RandomState(3).randn(7, 4, 3, 5).astype(np.float32)
     before = np.getbufsize()
-    runs = [_run_twice(text, x, False) for _ in range(3)]
+    runs = []
+    for threads in ("2", "2", "1", "3"):     # parameter gradients: per group of blocks, then the groups in order
+        monkeypatch.setenv("PCN_THREADS", threads)
+        runs.append(_run_twice(text, x, False))
     assert np.getbufsize() == before
     for run in runs[1:]:
         for a, b in zip([*run[:2], *run[2]], [*runs[0][:2], *runs[0][2]]):
