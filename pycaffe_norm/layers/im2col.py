@@ -35,8 +35,8 @@ FORCE_BATCH_LAST: Optional[bool] = None
 # Tests set this to False (the full im2col path everywhere) or True (the kernel-row path wherever it applies).
 USE_ROWS: Optional[bool] = None
 # Largest column buffer (elements) built at once; bigger batches are processed in chunks of whole images
-# (1M elements: 4 MiB of float32 per thread, cache-sized GEMM operands instead of the whole batch's columns).
-MAX_COL_ELEMENTS = 1 << 20
+# (512K elements: 2 MiB of float32 per thread, cache-sized GEMM operands instead of the whole batch's columns).
+MAX_COL_ELEMENTS = 1 << 19
 
 
 class Workspace:
