@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .. import backend
+from .. import backend, parallel
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
@@ -372,18 +372,26 @@ class LRNLayer(Layer):
         if not self.within:
             x = x.reshape(x.shape[0], x.shape[1], -1)
         dt = x.dtype.type
-        scale = self._window(xp, x * x)
+        self._x_saved = x.copy() if top[0] is bottom[0] else None
+        y = top[0].data.reshape(x.shape)
+        self._scale, self._pw = xp.empty_like(x), xp.empty_like(x)
         if self.within:
             # Caffe builds this from AVE pooling (divisor size^2 everywhere) and Power(shift 1): k is unused.
-            scale *= dt(self.alpha / (self.size * self.size))
-            scale += dt(1)
+            mult, shift = dt(self.alpha / (self.size * self.size)), dt(1)
         else:
-            scale *= dt(self.alpha / self.size)
-            scale += dt(self.k)
-        self._scale = scale
-        self._pw = _pow_neg(xp, scale, self.beta)
-        self._x_saved = x.copy() if top[0] is bottom[0] else None
-        xp.multiply(x, self._pw, out=top[0].data.reshape(x.shape))
+            mult, shift = dt(self.alpha / self.size), dt(self.k)
+        src = self._x_saved if self._x_saved is not None else x
+
+        def images(a: int, b: int) -> None:  # samples are independent: chunks of the batch run on the pool
+            xs = src[a:b]
+            scale = self._window(xp, xs * xs)
+            scale *= mult
+            scale += shift
+            self._scale[a:b] = scale
+            self._pw[a:b] = _pow_neg(xp, scale, self.beta)
+            xp.multiply(xs, self._pw[a:b], out=y[a:b])
+
+        parallel.over_batch(x.shape[0], images, x.size, xp is np)
 
     def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
         if not propagate_down[0]:
@@ -395,16 +403,22 @@ class LRNLayer(Layer):
         x = self._x_saved if self._x_saved is not None else bottom[0].data.reshape(shape)
         dy = top[0].diff.reshape(shape)
         y = top[0].data.reshape(shape)       # Caffe reads the top data here
+        dx = bottom[0].diff.reshape(shape)
         dt = x.dtype.type
         n = self.size * self.size if self.within else self.size
-        ratio = dy * y
-        ratio /= self._scale
-        acc = self._window(xp, ratio)
-        acc *= x
-        acc *= dt(2.0 * self.alpha * self.beta / n)
-        dx = dy * self._pw
-        dx -= acc
-        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+        coeff = dt(2.0 * self.alpha * self.beta / n)
+
+        def images(a: int, b: int) -> None:
+            ratio = dy[a:b] * y[a:b]
+            ratio /= self._scale[a:b]
+            acc = self._window(xp, ratio)
+            acc *= x[a:b]
+            acc *= coeff
+            d = dy[a:b] * self._pw[a:b]
+            d -= acc
+            dx[a:b] = d                          # dx may be dy (in place): this chunk's dy is read above
+
+        parallel.over_batch(shape[0], images, dx.size, xp is np)
 
 
 # --------------------------------------------------------------------------------------------------------

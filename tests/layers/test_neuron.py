@@ -324,3 +324,28 @@ def test_float32_stays_float32():
         t.diff[...] = 1
         layer.backward([t], [True], [b])
         assert t.data.dtype == np.float32 and b.diff.dtype == np.float32, text
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_relu_on_threads_gives_one_threads_bits(in_place, monkeypatch):
+    """ReLU splits its rows over the pool (forced here): the same bits as one thread, in place or not."""
+    from pycaffe_norm import parallel
+
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+    x, dy = gaussian((5, 3, 4, 2), 1).astype(np.float32), gaussian((5, 3, 4, 2), 2).astype(np.float32)
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("PCN_THREADS", threads)
+        layer = make_layer('type: "ReLU"')
+        bottom = [make_blob(x.copy(), np.float32)]
+        top = bottom if in_place else [Blob((), dtype=np.float32)]
+        layer.initialize(bottom, top)
+        layer.forward(bottom, top)
+        out = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append((out, bottom[0].diff.copy()))
+    np.testing.assert_array_equal(results[0][0], np.maximum(x, 0))
+    np.testing.assert_array_equal(results[0][1], dy * (x > 0))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -588,3 +588,27 @@ def test_normalize_rejects_wrong_scale_blob():
     layer.blobs = [make_blob([1.0, 2.0])]
     with pytest.raises(NetError, match="scale blob"):
         run(layer, rng(0).randn(2, 3, 2, 2))
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_lrn_on_threads_gives_one_threads_bits(region, in_place, monkeypatch):
+    """The batch split over the pool (forced here for a small batch) changes no bit, in place or not."""
+    from pycaffe_norm import parallel
+
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+    x = rng(3).randn(5, 7, 6, 4).astype(np.float32)
+    dy = rng(4).randn(5, 7, 6, 4).astype(np.float32)
+    results = []
+    for threads in ("1", "3", "3"):
+        monkeypatch.setenv("PCN_THREADS", threads)
+        layer = layer_of('type: "LRN" lrn_param { norm_region: %s local_size: 3 alpha: 0.5 beta: 0.75 k: 2 }'
+                         % region)
+        bottom, top = run(layer, x.copy(), in_place)
+        out = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append((out, bottom[0].diff.copy()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
