@@ -27,9 +27,14 @@ _inside = threading.local()
 _blas = None  # threadpoolctl's controller, found on first use; False when threadpoolctl is missing
 
 
+_held = 0  # depth of the pass contexts holding BLAS to one thread (then the pool need not set it again)
+
+
 def single_threaded_blas():
     """A context in which BLAS runs each call on the calling thread (threadpoolctl; a no-op without it)."""
     global _blas
+    if _held:
+        return contextlib.nullcontext()
     if _blas is None:
         try:
             import threadpoolctl
@@ -41,12 +46,15 @@ def single_threaded_blas():
     return _blas.limit(limits=1, user_api="blas")
 
 
+_CPUS = os.cpu_count() or 1  # read once: os.cpu_count() costs ~15 us a call on some Linux VMs
+
+
 def num_threads() -> int:
     """Threads for array work: ``PCN_THREADS`` when set to a positive integer, else min(CPU count, 4)."""
     value = os.environ.get("PCN_THREADS", "").strip()
     if value.isdigit() and int(value) > 0:
         return int(value)
-    return max(1, min(os.cpu_count() or 1, 4))
+    return max(1, min(_CPUS, 4))
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
@@ -58,11 +66,22 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+@contextlib.contextmanager
+def _holding():
+    global _held
+    with single_threaded_blas():
+        _held += 1
+        try:
+            yield
+        finally:
+            _held -= 1
+
+
 def pass_context(numpy: bool = True):
     """The context a net's forward or backward pass runs in: single-threaded BLAS when the pool splits the work
     (NumPy arrays and more than one thread), so that no BLAS thread spins between the pool's chunks."""
     if numpy and num_threads() > 1:
-        return single_threaded_blas()
+        return _holding()
     return contextlib.nullcontext()
 
 

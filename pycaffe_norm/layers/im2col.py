@@ -22,6 +22,7 @@ so nothing in them survives from forward to backward.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from typing import Optional, Sequence, Tuple
 
@@ -49,7 +50,7 @@ class Workspace:
 
     def get(self, key: str, shape: Sequence[int], dtype, xp):
         shape = tuple(int(s) for s in shape)
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         buf = self._bufs.get(key)
         if buf is None or buf.size < n or buf.dtype != np.dtype(dtype) or type(buf) is not xp.ndarray:
             buf = xp.empty(max(n, 1), dtype=dtype)

@@ -137,10 +137,10 @@ class _BaseConvolution(Layer):
         in_sp = b0.shape[ca + 1:]
         out_sp = self._out_spatial(in_sp)
         self.num = int(np.prod(b0.shape[:ca], dtype=np.int64))
-        if self.reverse:
-            self.geom = ic.ConvGeometry(out_sp, in_sp, self.kernel, self.stride, self.pad, self.dilation)
-        else:
-            self.geom = ic.ConvGeometry(in_sp, out_sp, self.kernel, self.stride, self.pad, self.dilation)
+        key = (out_sp, in_sp) if self.reverse else (in_sp, out_sp)
+        if getattr(self, "_geom_key", None) != key:  # Net reshapes before every forward: build it on changes only
+            self.geom = ic.ConvGeometry(*key, self.kernel, self.stride, self.pad, self.dilation)
+            self._geom_key = key
         top_shape = b0.shape[:ca] + (self.num_output,) + out_sp
         for t in top:
             t.reshape(top_shape)
