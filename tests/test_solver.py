@@ -88,6 +88,27 @@ def test_sgd_update_follows_caffe_order(tmp_path):
         np.testing.assert_allclose(p.data, expected, rtol=1e-5, atol=1e-7)
 
 
+def test_sgd_blocked_update_gives_the_three_steps_bits(tmp_path, monkeypatch):
+    """SGD's fused update in blocks on the thread pool (forced here with tiny blocks and three threads) gives the
+    bits of regularize + compute_update_value + data -= diff, over several steps with momentum history."""
+    from pycaffe_norm import parallel
+    from pycaffe_norm.solvers import sgd_solvers
+
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(sgd_solvers, "_UPDATE_BLOCK", 5)
+    monkeypatch.setenv("PCN_THREADS", "3")
+    weights = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(sgd_solvers.SGDSolver, "update_in_blocks", lambda self, i, rate: False)
+        solver = caffe.get_solver(write_solver(tmp_path, "momentum: 0.9\nweight_decay: 0.01\n"))
+        run(solver, 0, 4)
+        weights.append([p.data.copy() for p in solver.net.learnable_params]
+                       + [h.data.copy() for h in solver.history])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_l1_regularization_and_clipping(tmp_path):
     solver = caffe.get_solver(write_solver(tmp_path, 'regularization_type: "L1"\nclip_gradients: 0.01\n'))
     net = solver.net

@@ -481,13 +481,22 @@ class Solver:
             log.info("Iteration %d, lr = %.6g", self.iter, rate)
         self.clip_gradients()
         params = self.net.learnable_params
+        pending = []
         for i, blob in enumerate(params):
             if p.iter_size > 1:
                 blob.diff *= blob.dtype.type(1.0 / p.iter_size)
+            if self.update_in_blocks(i, rate):  # regularized, updated and applied in one pass
+                continue
             self.regularize(i)
             self.compute_update_value(i, rate)
-        for blob in params:
+            pending.append(blob)
+        for blob in pending:
             blob.data -= blob.diff
+
+    def update_in_blocks(self, i: int, rate: float) -> bool:
+        """Solvers with a fused update apply it to parameter ``i`` (regularization, update value, ``data -=
+        diff``, the same bits as the three steps) and return True; the base class does not."""
+        return False
 
     def clip_gradients(self) -> None:
         clip = self.param.clip_gradients
