@@ -612,3 +612,33 @@ def test_lrn_on_threads_gives_one_threads_bits(region, in_place, monkeypatch):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("extra", ["", "scale_bias: true", "use_global_stats: true"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_batchnorm_channels_on_threads_give_one_threads_bits(extra, in_place, monkeypatch):
+    """BatchNorm's channels split over the pool (forced here) give the bits of one thread: outputs, running
+    statistics, input and scale_bias gradients, in place or not."""
+    from pycaffe_norm import parallel
+    from pycaffe_norm.layers import normalization
+
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(normalization, "SPLIT_ELEMENTS", 0)
+    x = (rng(5).randn(4, 7, 3, 5) * 2 + 1).astype(np.float32)
+    dy = rng(6).randn(4, 7, 3, 5).astype(np.float32)
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("PCN_THREADS", threads)
+        layer = layer_of('type: "BatchNorm" batch_norm_param { %s }' % extra)
+        if "global" in extra:
+            layer.initialize([make_blob(x, dtype=np.float32)], [caffe.Blob((), dtype=np.float32)])
+            for i, v in enumerate((rng(7).randn(7), rng(8).rand(7) + 0.5, np.ones(1))):
+                layer.blobs[i].data[...] = v
+        bottom, top = run(layer, x.copy(), in_place)
+        out = top[0].data.copy()
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append([out, bottom[0].diff.copy()] + [b.data.copy() for b in layer.blobs]
+                       + [b.diff.copy() for b in layer.blobs[3:]])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
