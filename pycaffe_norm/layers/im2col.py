@@ -493,22 +493,38 @@ def _over_images(x, fn, elements: int) -> None:
     parallel.over_batch(x.shape[0], lambda n0, n1: fn(n0, n1, shared_workspace()), elements, numpy)
 
 
-def _weight_grad_split(x, dy, dw, geom: ConvGeometry, group: int) -> None:
-    """``dw`` += the weight gradient, each thread summing its chunk's share into a partial of its own; the
-    partials are added in batch order, so a given thread count always gives the same bits."""
-    if not isinstance(x, np.ndarray) or parallel.num_threads() <= 1:
-        _weight_grad(x, dy, dw, geom, group, shared_workspace())
+def _backward_split(x, dy, dw, db, data_grad, geom: ConvGeometry, group: int, weight_grad=None) -> None:
+    """One pass over chunks of the batch on the pool: each chunk adds its share of the weight and bias gradients
+    into partials of its own and runs ``data_grad(n0, n1, ws)``; the partials are then added in batch order, so a
+    given thread count always gives the same bits. ``weight_grad(x, dy, dw, ws)`` defaults to the convolution's."""
+    weight_grad = weight_grad or (lambda xs, ds, p, ws: _weight_grad(xs, ds, p, geom, group, ws))
+    if not isinstance(dy, np.ndarray) or parallel.num_threads() <= 1:
+        ws = shared_workspace()
+        if db is not None:
+            _bias_grad(dy, db)
+        if dw is not None:
+            weight_grad(x, dy, dw, ws)
+        if data_grad is not None:
+            data_grad(0, dy.shape[0], ws)
         return
     partials = {}
 
     def part(n0, n1, ws):
-        p = np.zeros_like(dw)  # not from the workspace: a pool thread may run two chunks
-        _weight_grad(x[n0:n1], dy[n0:n1], p, geom, group, ws)
-        partials[n0] = p
+        sums = []  # not in the workspace: a pool thread may run two chunks
+        if dw is not None:
+            sums.append(np.zeros_like(dw))
+            weight_grad(x[n0:n1], dy[n0:n1], sums[-1], ws)
+        if db is not None:
+            sums.append(np.zeros_like(db))
+            _bias_grad(dy[n0:n1], sums[-1])
+        partials[n0] = sums
+        if data_grad is not None:
+            data_grad(n0, n1, ws)
 
-    _over_images(x, part, x.size + dy.size)
+    _over_images(dy, part, x.size + 2 * dy.size)
     for n0 in sorted(partials):
-        dw += partials[n0]
+        for total, p in zip([g for g in (dw, db) if g is not None], partials[n0]):
+            total += p
 
 
 def conv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
@@ -519,13 +535,8 @@ def conv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -
 def conv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
                   dx=None, dw=None, db=None) -> None:
     """Accumulates ``dw`` (M, C/group, *kernel) and ``db`` (M,) and overwrites ``dx`` (N, C, *in); any may be None."""
-    if db is not None:
-        _bias_grad(dy, db)
-    if dw is not None:
-        _weight_grad_split(x, dy, dw, geom, group)
-    if dx is not None:
-        _over_images(dy, lambda n0, n1, ws: _data_grad(dy[n0:n1], w, dx[n0:n1], geom, group, ws),
-                     dy.size + dx.size)
+    data = None if dx is None else (lambda n0, n1, ws: _data_grad(dy[n0:n1], w, dx[n0:n1], geom, group, ws))
+    _backward_split(x, dy, dw, db, data, geom, group)
 
 
 def deconv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
@@ -541,10 +552,6 @@ def deconv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace)
 def deconv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
                     dx=None, dw=None, db=None) -> None:
     """Backward of ``deconv_forward``: ``dy`` (N, M, *conv_in) -> ``dx``, ``dw``, ``db`` (as conv_backward)."""
-    if db is not None:
-        _bias_grad(dy, db)
-    if dw is not None:
-        _weight_grad_split(dy, x, dw, geom, group)
-    if dx is not None:
-        _over_images(dy, lambda n0, n1, ws: _forward(dy[n0:n1], w, None, dx[n0:n1], geom, group, ws),
-                     dy.size + dx.size)
+    data = None if dx is None else (lambda n0, n1, ws: _forward(dy[n0:n1], w, None, dx[n0:n1], geom, group, ws))
+    _backward_split(x, dy, dw, db, data, geom, group,
+                    lambda xs, ds, p, ws: _weight_grad(ds, xs, p, geom, group, ws))
