@@ -25,9 +25,8 @@ _pool_size = 0
 _pool_lock = threading.Lock()
 _inside = threading.local()
 _blas = None  # threadpoolctl's controller, found on first use; False when threadpoolctl is missing
-
-
 _held = 0  # depth of the pass contexts holding BLAS to one thread (then the pool need not set it again)
+_CPUS = os.cpu_count() or 1  # read once: os.cpu_count() costs ~15 us a call on some Linux VMs
 
 
 def single_threaded_blas():
@@ -44,9 +43,6 @@ def single_threaded_blas():
     if _blas is False:
         return contextlib.nullcontext()
     return _blas.limit(limits=1, user_api="blas")
-
-
-_CPUS = os.cpu_count() or 1  # read once: os.cpu_count() costs ~15 us a call on some Linux VMs
 
 
 def num_threads() -> int:
