@@ -486,11 +486,10 @@ def _bias_grad(dy, db) -> None:
 def _over_images(x, fn, elements: int) -> None:
     """Runs ``fn(n0, n1, ws)`` over chunks of the batch on the thread pool, each with its thread's workspace (so
     each core builds its own columns and runs its own single-threaded GEMMs); CuPy arrays run in one call."""
-    numpy = isinstance(x, np.ndarray)
-    if not numpy:
+    if not isinstance(x, np.ndarray):
         fn(0, x.shape[0], shared_workspace())
         return
-    parallel.over_batch(x.shape[0], lambda n0, n1: fn(n0, n1, shared_workspace()), elements, numpy)
+    parallel.over_batch(x.shape[0], lambda n0, n1: fn(n0, n1, shared_workspace()), elements, True)
 
 
 def _backward_split(x, dy, dw, db, data_grad, geom: ConvGeometry, group: int, weight_grad=None) -> None:
