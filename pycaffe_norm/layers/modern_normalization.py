@@ -20,6 +20,7 @@ from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
 from . import im2col as ic
+from . import numba_kernels
 from .base import TEST, Layer, register
 from .normalization import _buffer
 
@@ -213,9 +214,14 @@ class _RowNormLayer(Layer):
         w, b = self._unit_affine(xp, bottom[0], m, q)
         ones, dm, eps, center = _ones(xp, m, x2.dtype), dt(m), dt(self.eps), self.center
         self._mean = mean
+        fused = xp is np and m and numba_kernels.available()
 
         def block(u0: int, u1: int, _group: int) -> None:
             r0, r1 = u0 * q, u1 * q
+            if fused:
+                numba_kernels.row_norm_forward(x[u0:u1], xu[u0:u1], y[u0:u1], None if mean is None else mean[r0:r1],
+                                               var[r0:r1], inv[r0:r1], w, b, q, m, self.eps, center)
+                return
             xr, hr = x[u0:u1].reshape(-1, m), xu[u0:u1].reshape(-1, m)
             if center:
                 mu = mean[r0:r1]
@@ -267,6 +273,9 @@ class _RowNormLayer(Layer):
         n_c, c_c, s_c = self._ncs(bottom[0]) if channel else (0, 0, 0)
         ones, dm, center, inv = _ones(xp, m, xh.dtype), dt(m), self.center, self._inv
         partial: dict = {}
+        if xp is np and numba_kernels.available():
+            self._fused_backward(dy, xu, dx if prop else None, w, q, m, units, want_w, want_b)
+            return
 
         def block(u0: int, u1: int, group: int) -> None:
             nb, r0, r1 = u1 - u0, u0 * q, u1 * q
@@ -335,6 +344,33 @@ class _RowNormLayer(Layer):
                     if not channel:
                         s = s.reshape(self.blobs[i + j].shape)
                     self.blobs[i + j].diff[...] += s
+
+    def _fused_backward(self, dy, xu, dx, w, q: int, m: int, units: int, want_w: bool, want_b: bool) -> None:
+        """``backward`` on the compiled kernels: per group of blocks float64 parameter-gradient partials over one
+        unit's elements, added in batch order, then summed over the spatial positions (channel layout)."""
+        k = q * m
+        inv, center = self._inv, self.center
+        partial: dict = {}
+
+        def block(u0: int, u1: int, group: int) -> None:
+            sums = partial.get(group)
+            if sums is None:
+                sums = partial[group] = [np.zeros(k) if want_w else None, np.zeros(k) if want_b else None]
+            numba_kernels.row_norm_backward(dy[u0:u1], xu[u0:u1], None if dx is None else dx[u0:u1],
+                                            inv[u0 * q:u1 * q], w, sums[0], sums[1], q, m, center)
+
+        _over_units(np, units, k, m, block)
+        i = self.first_affine
+        for j, want in enumerate((want_w, want_b)):
+            if not want:
+                continue
+            total = None
+            for group in sorted(partial):
+                total = partial[group][j] if total is None else total + partial[group][j]
+            blob = self.blobs[i + j]
+            if self.layout == "channel":    # (C * S) elements of a unit -> (C,)
+                total = total.reshape(blob.count, -1).sum(axis=1)
+            blob.diff[...] += total.reshape(blob.shape).astype(blob.dtype)
 
 
 def _trailing_axis(layer: Layer, blob: Blob, axis: int) -> int:

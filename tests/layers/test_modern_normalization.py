@@ -33,6 +33,24 @@ except ImportError:     # CI: the stored arrays stand in for PyTorch
     HAVE_TORCH = False
 
 
+try:
+    import numba  # noqa: F401
+    HAVE_NUMBA = True
+except ImportError:
+    HAVE_NUMBA = False
+
+
+@pytest.fixture(autouse=True, params=["numpy", "numba"])
+def row_kernels(request, monkeypatch):
+    """Every test runs on the NumPy passes and on the compiled Numba kernels (where Numba is installed)."""
+    from pycaffe_norm.layers import numba_kernels
+
+    if request.param == "numba" and not HAVE_NUMBA:
+        pytest.skip("Numba is not installed (the fast extra)")
+    monkeypatch.setattr(numba_kernels, "ENABLED", request.param == "numba")
+    return request.param
+
+
 def layer_of(text: str, phase: int = TRAIN):
     p = caffe_pb2.LayerParameter()
     text_format.Parse('name: "l" ' + text, p)
@@ -394,10 +412,11 @@ def split_units(monkeypatch):
 
 
 def _run_twice(text, x, in_place):
-    """(y, dx, parameter diffs, parameter data) after forward, backward, forward, backward (diffs accumulate)."""
+    """(y, dx, parameter diffs, parameter data) after forward, backward, forward, backward (diffs accumulate), in
+    the dtype of ``x``."""
     layer = layer_of(text)
-    bottom = [make_blob(x)]
-    top = bottom if in_place else [make_blob(np.zeros(0))]
+    bottom = [make_blob(x, x.dtype)]
+    top = bottom if in_place else [make_blob(np.zeros(0), x.dtype)]
     layer.initialize(bottom, top)
     for blob, learned in zip(layer.blobs, layer.param_propagate_down):
         if learned:
@@ -443,3 +462,23 @@ def test_float32_blocks_on_threads_are_deterministic_and_leave_numpy_buffer_size
     for run in runs[1:]:
         for a, b in zip([*run[:2], *run[2]], [*runs[0][:2], *runs[0][2]]):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="Numba is not installed (the fast extra)")
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("text,shape", ROW_NORM_CASES)
+def test_numba_kernels_match_numpy_passes(text, shape, dtype, rtol, monkeypatch, row_kernels):
+    """The two paths agree to rounding: forward, input and parameter gradients, running statistics."""
+    from pycaffe_norm.layers import numba_kernels
+
+    if row_kernels == "numba":
+        pytest.skip("runs once")
+    x = (np.random.RandomState(len(text)).randn(*shape) * 1.3 + 0.3).astype(dtype)
+    runs = []
+    for enabled in (False, True):
+        monkeypatch.setattr(numba_kernels, "ENABLED", enabled)
+        runs.append(_run_twice(text, x, False))
+    assert numba_kernels.available()
+    for a, b in zip([*runs[1][:2], *runs[1][2], *runs[1][3]], [*runs[0][:2], *runs[0][2], *runs[0][3]]):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * max(1.0, float(np.abs(b).max())))

@@ -1,0 +1,175 @@
+"""Fused CPU kernels for the row-normalization layers (LayerNorm, GroupNorm, InstanceNorm, RMSNorm), compiled by
+Numba when it is installed (the ``fast`` extra).
+
+The NumPy path of those layers makes about six passes over the data forward and seven backward, each a separate
+ufunc call; these kernels make three and two, with the row statistics in registers. Each call handles one block of
+units on the calling thread without the GIL (pcn's pool runs the blocks), so the layers keep their blocking, their
+per-group parameter-gradient partials and hence the same bits on any number of threads. Sums are accumulated in
+float64 for float32 data too.
+
+Numba is imported on first use only (it adds ~150 MiB of resident memory and a second of start-up): nets without
+these layers never load it. ``PCN_NUMBA=0`` or ``ENABLED = False`` keeps the NumPy path; without Numba, or when it
+fails to import (e.g. a NumPy newer than it supports), the NumPy path runs, with the same results to rounding.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional
+
+import numpy as np
+
+logger = logging.getLogger("pycaffe_norm")
+
+# None: use the kernels when Numba imports (and PCN_NUMBA is not 0); tests set True/False to force a path.
+ENABLED: Optional[bool] = None
+_kernels = None     # (forward, backward) once compiled; False when Numba is unavailable
+
+
+def available() -> bool:
+    """Whether the row-normalization layers run on the compiled kernels (imports Numba on the first call)."""
+    if ENABLED is False or (ENABLED is None and os.environ.get("PCN_NUMBA", "").strip() == "0"):
+        return False
+    return bool(_load())
+
+
+def _load():
+    global _kernels
+    if _kernels is None:
+        try:
+            _kernels = _compile()
+        except Exception as exc:   # not installed, or an install that cannot run: the NumPy path is complete
+            if ENABLED:
+                raise
+            logger.debug("Numba kernels unavailable (%s): the normalization layers use NumPy", exc)
+            _kernels = False
+    return _kernels
+
+
+def _compile():
+    import numba
+
+    jit = numba.njit(nogil=True, cache=True)
+    # Only the row sums may be reassociated (so that LLVM vectorises them): elementwise arithmetic stays as
+    # written, e.g. x - mean is exactly 0 for a row of one element, as in NumPy. No finite-math flags: NaN and inf
+    # propagate as in NumPy.
+    jit_sum = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+
+    @jit_sum
+    def row_sum(x, u, o, m):
+        s = 0.0
+        for i in range(m):
+            s += x[u, o + i]
+        return s
+
+    @jit_sum
+    def row_square_sum(x, u, o, m, mu):
+        v = 0.0
+        for i in range(m):
+            d = x[u, o + i] - mu
+            v += d * d
+        return v
+
+    @jit_sum
+    def row_grad_sums(dy, xh, w, u, o, m, has_w):
+        sg = 0.0
+        sgh = 0.0
+        for i in range(m):
+            g = dy[u, o + i] * w[o + i] if has_w else dy[u, o + i]
+            sg += g
+            sgh += g * xh[u, o + i]
+        return sg, sgh
+
+    @jit
+    def row_norm_forward(x, xh, y, mean, var, inv, w, b, q, m, eps, center, has_w, has_b):
+        """Per row of ``m`` elements (``q`` rows per unit, a unit being a row of ``x`` (units, q * m)):
+        x_hat = (x - mean) * inv (no mean without ``center``), y = x_hat * w + b with w, b of length q * m."""
+        units = x.shape[0]
+        for u in range(units):
+            for r in range(q):
+                o = r * m
+                mu = row_sum(x, u, o, m) / m if center else 0.0
+                v = row_square_sum(x, u, o, m, mu) / m
+                iv = 1.0 / math.sqrt(v + eps)
+                row = u * q + r
+                if center:
+                    mean[row] = mu
+                var[row] = v
+                inv[row] = iv
+                for i in range(m):      # y may be x: each element is read before it is written
+                    h = (x[u, o + i] - mu) * iv
+                    xh[u, o + i] = h
+                    if has_w:
+                        h = h * w[o + i]
+                    if has_b:
+                        h = h + b[o + i]
+                    y[u, o + i] = h
+
+    @jit
+    def row_norm_backward(dy, xh, dx, inv, w, dw, db, q, m, center, has_w, want_w, want_b, prop):
+        """With g = dy * w: dx = (g - mean(g) - x_hat * mean(g * x_hat)) * inv (no mean(g) without ``center``);
+        dw += dy * x_hat and db += dy per element of a unit (float64 vectors of length q * m)."""
+        units = dy.shape[0]
+        for u in range(units):
+            for r in range(q):
+                o = r * m
+                if want_w:
+                    for i in range(m):
+                        dw[o + i] += dy[u, o + i] * xh[u, o + i]
+                if want_b:
+                    for i in range(m):
+                        db[o + i] += dy[u, o + i]
+                if prop:
+                    sg, sgh = row_grad_sums(dy, xh, w, u, o, m, has_w)
+                    iv = inv[u * q + r]
+                    a = sg / m if center else 0.0
+                    c = sgh / m
+                    for i in range(m):  # dx may be dy
+                        g = dy[u, o + i] * w[o + i] if has_w else dy[u, o + i]
+                        dx[u, o + i] = (g - a - xh[u, o + i] * c) * iv
+
+    return row_norm_forward, row_norm_backward
+
+
+_EMPTY: dict = {}
+
+
+def _empty(dtype):
+    key = np.dtype(dtype).str
+    if key not in _EMPTY:
+        _EMPTY[key] = np.zeros(1, dtype=dtype)
+    return _EMPTY[key]
+
+
+def _check(x, blocks, rows, vectors, q: int, m: int) -> None:
+    """The kernels do not check bounds: a caller's shape error must not become a write outside an array."""
+    units = x.shape[0]
+    ok = x.ndim == 2 and x.shape[1] == q * m
+    ok = ok and all(a is None or a.shape == x.shape for a in blocks)
+    ok = ok and all(a is None or a.shape == (units * q,) for a in rows)
+    ok = ok and all(a is None or a.shape == (q * m,) for a in vectors)
+    if not ok:
+        raise ValueError("row-normalization kernel: shapes %s do not fit %d units of %d rows of %d elements"
+                         % ([None if a is None else a.shape for a in (x,) + blocks + rows + vectors], units, q, m))
+
+
+def row_norm_forward(x, xh, y, mean, var, inv, w, b, q: int, m: int, eps: float, center: bool) -> None:
+    """One block: ``x``, ``xh``, ``y`` (units, q * m); ``mean`` (or None without centring), ``var``, ``inv``
+    (units * q,); ``w``, ``b`` vectors of q * m elements or None."""
+    fwd = _load()[0]
+    _check(x, (xh, y), (mean, var, inv), (w, b), q, m)
+    dummy = _empty(x.dtype)
+    fwd(x, xh, y, dummy if mean is None else mean, var, inv, dummy if w is None else w,
+        dummy if b is None else b, q, m, float(eps), center, w is not None, b is not None)
+
+
+def row_norm_backward(dy, xh, dx, inv, w, dw, db, q: int, m: int, center: bool) -> None:
+    """One block: ``dy``, ``xh``, ``dx`` (units, q * m), ``dx`` None for no input gradient; ``dw``/``db`` float64
+    vectors of q * m elements to accumulate into, or None."""
+    bwd = _load()[1]
+    _check(dy, (xh, dx), (inv,), (w, dw, db), q, m)
+    dummy, acc = _empty(dy.dtype), _empty(np.float64)
+    bwd(dy, xh, dummy.reshape(1, 1) if dx is None else dx, inv, dummy if w is None else w,
+        acc if dw is None else dw, acc if db is None else db, q, m, center, w is not None,
+        dw is not None, db is not None, dx is not None)
