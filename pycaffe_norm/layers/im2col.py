@@ -408,6 +408,28 @@ def _bwd_data_rows(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> 
         _rows_to_nchw(_correlate(col, wf, dh, h, ws), dx[n0:n1], None)
 
 
+def _bwd_both_rows(x, dy, w, dx, dw, geom: ConvGeometry, group: int, ws: Workspace) -> None:
+    """Data and weight gradients from one set of top-gradient kernel columns: the data gradient's slab for
+    rotated kernel row ``kh-1-i``, times the input in (C, H, N, W) rows, is the weight gradient of kernel row ``i``
+    (with kernel columns reversed). One copy of the input instead of ``kw`` shifted copies and a copy of the top
+    gradient, and both products read the columns while they are in the cache."""
+    xp = _xp(dy)
+    (kh, kw), (dh, dwl), (h, wd) = geom.kernel, geom.dilation, geom.in_shape
+    m, cg = w.shape[0], w.shape[1]
+    mg = m // group
+    pad = _full_pad(geom)
+    wf = _row_weights(w, group, flip=True)
+    acc = None
+    for n0, n1 in _chunks(dy.shape[0], m * kw * (dy.shape[2] + 2 * pad[0]) * wd, 2):
+        col = _kernel_columns(dy[n0:n1], pad, kw, dwl, wd, ws)
+        _rows_to_nchw(_correlate(col, wf, dh, h, ws), dx[n0:n1], None)
+        rows = _hnw(x[n0:n1], (0, 0), ws, "xrows").reshape(group, cg, -1)
+        part = xp.stack([xp.matmul(s, rows.transpose(0, 2, 1)) for s in _slabs(col, group, kh, dh, h)])
+        acc = part if acc is None else acc + part     # (kh, group, Mg * kw, Cg), rotated kernel rows and columns
+    dw.reshape(group, mg, cg, kh, kw)[...] += acc.reshape(kh, group, mg, kw, cg)[::-1, :, :, ::-1].transpose(
+        1, 2, 4, 0, 3)
+
+
 # --- full im2col path (any geometry) -------------------------------------------------------------------------
 def _fwd_cols(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
     xp = _xp(x)
@@ -470,12 +492,16 @@ def _data_grad(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> None
     """``dx`` = the input gradient of ``_forward`` for top gradient ``dy`` (overwritten)."""
     if cuda_kernels.enabled(_xp(dy)) and cuda_kernels.conv_applies(geom, dy):  # GEMM + one col2im launch
         return cuda_kernels.conv_data_grad(dy, w, dx, geom, group, ws)
-    # the full correlation runs over the top gradient padded by extent-1-pad: only when that is no more than the
-    # forward's own padding (a "same" convolution), or the zeros cost more than the im2col path saves
+    (_bwd_data_rows if _data_rows(geom, w, group) else _bwd_data_cols)(dy, w, dx, geom, group, ws)
+
+
+def _data_rows(geom: ConvGeometry, w, group: int) -> bool:
+    """Whether the data gradient takes the kernel-row path. The full correlation runs over the top gradient padded
+    by extent-1-pad: only when that is no more than the forward's own padding (a "same" convolution), or the
+    zeros cost more than the im2col path saves."""
     full = _full_pad(geom)
-    rows = use_rows(geom, w.shape[0] // group, w.shape[1]) and min(full) >= 0 and (
+    return use_rows(geom, w.shape[0] // group, w.shape[1]) and min(full) >= 0 and (
         USE_ROWS is True or all(f <= p for f, p in zip(full, geom.pad)))
-    (_bwd_data_rows if rows else _bwd_data_cols)(dy, w, dx, geom, group, ws)
 
 
 def _bias_grad(dy, db) -> None:
@@ -492,15 +518,19 @@ def _over_images(x, fn, elements: int) -> None:
     parallel.over_batch(x.shape[0], lambda n0, n1: fn(n0, n1, shared_workspace()), elements, True)
 
 
-def _backward_split(x, dy, dw, db, data_grad, geom: ConvGeometry, group: int, weight_grad=None) -> None:
+def _backward_split(x, dy, dw, db, data_grad, geom: ConvGeometry, group: int, weight_grad=None, both=None) -> None:
     """One pass over chunks of the batch on the pool: each chunk adds its share of the weight and bias gradients
     into partials of its own and runs ``data_grad(n0, n1, ws)``; the partials are then added in batch order, so a
-    given thread count always gives the same bits. ``weight_grad(x, dy, dw, ws)`` defaults to the convolution's."""
+    given thread count always gives the same bits. ``weight_grad(x, dy, dw, ws)`` defaults to the convolution's;
+    ``both(n0, n1, dw, ws)``, when given, computes the weight and data gradients of a chunk together."""
     weight_grad = weight_grad or (lambda xs, ds, p, ws: _weight_grad(xs, ds, p, geom, group, ws))
     if not isinstance(dy, np.ndarray) or parallel.num_threads() <= 1:
         ws = shared_workspace()
         if db is not None:
             _bias_grad(dy, db)
+        if both is not None:
+            both(0, dy.shape[0], dw, ws)
+            return
         if dw is not None:
             weight_grad(x, dy, dw, ws)
         if data_grad is not None:
@@ -512,12 +542,15 @@ def _backward_split(x, dy, dw, db, data_grad, geom: ConvGeometry, group: int, we
         sums = []  # not in the workspace: a pool thread may run two chunks
         if dw is not None:
             sums.append(np.zeros_like(dw))
-            weight_grad(x[n0:n1], dy[n0:n1], sums[-1], ws)
+            if both is None:
+                weight_grad(x[n0:n1], dy[n0:n1], sums[-1], ws)
         if db is not None:
             sums.append(np.zeros_like(db))
             _bias_grad(dy[n0:n1], sums[-1])
         partials[n0] = sums
-        if data_grad is not None:
+        if both is not None:
+            both(n0, n1, sums[0], ws)
+        elif data_grad is not None:
             data_grad(n0, n1, ws)
 
     _over_images(dy, part, x.size + 2 * dy.size)
@@ -535,7 +568,11 @@ def conv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
                   dx=None, dw=None, db=None) -> None:
     """Accumulates ``dw`` (M, C/group, *kernel) and ``db`` (M,) and overwrites ``dx`` (N, C, *in); any may be None."""
     data = None if dx is None else (lambda n0, n1, ws: _data_grad(dy[n0:n1], w, dx[n0:n1], geom, group, ws))
-    _backward_split(x, dy, dw, db, data, geom, group)
+    def both(n0, n1, p, ws):
+        _bwd_both_rows(x[n0:n1], dy[n0:n1], w, dx[n0:n1], p, geom, group, ws)
+
+    fused = dx is not None and dw is not None and isinstance(dy, np.ndarray) and _data_rows(geom, w, group)
+    _backward_split(x, dy, dw, db, data, geom, group, both=both if fused else None)
 
 
 def deconv_forward(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> None:
