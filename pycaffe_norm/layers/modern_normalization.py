@@ -211,16 +211,19 @@ class _RowNormLayer(Layer):
         var = self._var = _buffer(self, "var", xp, (r,), x2.dtype)
         inv = self._inv = _buffer(self, "inv", xp, (r,), x2.dtype)
         x, xu, y = x2.reshape(units, k), xh.reshape(units, k), top[0].data.reshape(units, k)
-        w, b = self._unit_affine(xp, bottom[0], m, q)
         ones, dm, eps, center = _ones(xp, m, x2.dtype), dt(m), dt(self.eps), self.center
         self._mean = mean
         fused = xp is np and m and numba_kernels.available()
+        if fused:
+            seg, w, b = self._kernel_affine(bottom[0], m)
+        else:
+            w, b = self._unit_affine(xp, bottom[0], m, q)
 
         def block(u0: int, u1: int, _group: int) -> None:
             r0, r1 = u0 * q, u1 * q
             if fused:
                 numba_kernels.row_norm_forward(x[u0:u1], xu[u0:u1], y[u0:u1], None if mean is None else mean[r0:r1],
-                                               var[r0:r1], inv[r0:r1], w, b, q, m, self.eps, center)
+                                               var[r0:r1], inv[r0:r1], w, b, q, m, seg, self.eps, center)
                 return
             xr, hr = x[u0:u1].reshape(-1, m), xu[u0:u1].reshape(-1, m)
             if center:
@@ -274,7 +277,7 @@ class _RowNormLayer(Layer):
         ones, dm, center, inv = _ones(xp, m, xh.dtype), dt(m), self.center, self._inv
         partial: dict = {}
         if xp is np and numba_kernels.available():
-            self._fused_backward(dy, xu, dx if prop else None, w, q, m, units, want_w, want_b)
+            self._fused_backward(dy, xu, dx if prop else None, bottom[0], q, m, units, want_w, want_b)
             return
 
         def block(u0: int, u1: int, group: int) -> None:
@@ -345,32 +348,39 @@ class _RowNormLayer(Layer):
                         s = s.reshape(self.blobs[i + j].shape)
                     self.blobs[i + j].diff[...] += s
 
-    def _fused_backward(self, dy, xu, dx, w, q: int, m: int, units: int, want_w: bool, want_b: bool) -> None:
-        """``backward`` on the compiled kernels: per group of blocks float64 parameter-gradient partials over one
-        unit's elements, added in batch order, then summed over the spatial positions (channel layout)."""
-        k = q * m
-        inv, center = self._inv, self.center
+    def _kernel_affine(self, bottom: Blob, m: int):
+        """(elements per parameter entry, weight, bias) for the compiled kernels: the parameters as they are (a
+        channel's entry covers its S positions), each None when absent."""
+        seg = self._ncs(bottom)[2] if self.layout == "channel" else 1
+        if not self.affine:
+            return seg, None, None
+        i = self.first_affine
+        return seg, self.blobs[i].data.reshape(-1), (self.blobs[i + 1].data.reshape(-1) if self.bias else None)
+
+    def _fused_backward(self, dy, xu, dx, bottom: Blob, q: int, m: int, units: int, want_w: bool,
+                        want_b: bool) -> None:
+        """``backward`` on the compiled kernels: float64 parameter-gradient partials per group of blocks, added in
+        batch order (the same bits on any number of threads)."""
+        seg, w, _ = self._kernel_affine(bottom, m)
+        inv, center, size = self._inv, self.center, q * m // seg
         partial: dict = {}
 
         def block(u0: int, u1: int, group: int) -> None:
             sums = partial.get(group)
             if sums is None:
-                sums = partial[group] = [np.zeros(k) if want_w else None, np.zeros(k) if want_b else None]
+                sums = partial[group] = [np.zeros(size) if want_w else None, np.zeros(size) if want_b else None]
             numba_kernels.row_norm_backward(dy[u0:u1], xu[u0:u1], None if dx is None else dx[u0:u1],
-                                            inv[u0 * q:u1 * q], w, sums[0], sums[1], q, m, center)
+                                            inv[u0 * q:u1 * q], w, sums[0], sums[1], q, m, seg, center)
 
-        _over_units(np, units, k, m, block)
+        _over_units(np, units, q * m, m, block)
         i = self.first_affine
         for j, want in enumerate((want_w, want_b)):
-            if not want:
-                continue
-            total = None
-            for group in sorted(partial):
-                total = partial[group][j] if total is None else total + partial[group][j]
-            blob = self.blobs[i + j]
-            if self.layout == "channel":    # (C * S) elements of a unit -> (C,)
-                total = total.reshape(blob.count, -1).sum(axis=1)
-            blob.diff[...] += total.reshape(blob.shape).astype(blob.dtype)
+            if want:
+                total = None
+                for group in sorted(partial):
+                    total = partial[group][j] if total is None else total + partial[group][j]
+                blob = self.blobs[i + j]
+                blob.diff[...] += total.reshape(blob.shape).astype(blob.dtype)
 
 
 def _trailing_axis(layer: Layer, blob: Blob, axis: int) -> int:

@@ -53,25 +53,28 @@ def _compile():
     # Reassociation lets LLVM vectorise the row sums and the mixed float32/float64 loops (3-4x faster than
     # without). No contraction into FMAs: with it, g - mean(g) for a row of one element is ~1e-16 instead of the
     # exact 0 that NumPy and PyTorch give. No finite-math flags: NaN and inf propagate as in NumPy.
+    # Every loop indexes a 1-D view of one row (or one channel's run) from 0: Numba then drops its negative-index
+    # wraparound check, which otherwise keeps LLVM from vectorising (4x slower).
     jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
 
     @jit
-    def row_norm_forward(x, xh, y, mean, var, inv, w, b, q, m, eps, center, has_w, has_b):
+    def row_norm_forward(x, xh, y, mean, var, inv, w, b, q, m, seg, eps, center, has_w, has_b):
         """Per row of ``m`` elements (``q`` rows per unit, a unit being a row of ``x`` (units, q * m)):
-        x_hat = (x - mean) * inv (no mean without ``center``), y = x_hat * w + b with w, b of length q * m."""
-        units = x.shape[0]
-        for u in range(units):
+        x_hat = (x - mean) * inv (no mean without ``center``), y = x_hat * w + b, where each run of ``seg``
+        consecutive elements of a unit shares one entry of ``w`` and ``b`` (a channel's positions)."""
+        for u in range(x.shape[0]):
             for r in range(q):
                 o = r * m
+                xr, hr, yr = x[u, o:o + m], xh[u, o:o + m], y[u, o:o + m]
                 mu = 0.0
                 if center:
                     s = 0.0
                     for i in range(m):
-                        s += x[u, o + i]
+                        s += xr[i]
                     mu = s / m
                 v = 0.0
                 for i in range(m):
-                    d = x[u, o + i] - mu
+                    d = xr[i] - mu
                     v += d * d
                 v /= m
                 iv = 1.0 / math.sqrt(v + eps)
@@ -80,48 +83,92 @@ def _compile():
                     mean[row] = mu
                 var[row] = v
                 inv[row] = iv
-                for i in range(m):      # y may be x: each element is read before it is written
-                    h = (x[u, o + i] - mu) * iv
-                    xh[u, o + i] = h
-                    if has_w:
-                        h = h * w[o + i]
-                    if has_b:
-                        h = h + b[o + i]
-                    y[u, o + i] = h
+                # y may be x: each element is read before it is written
+                if seg == 1:
+                    wr, br = w[o:o + m], b[o:o + m]
+                    for i in range(m):
+                        h = (xr[i] - mu) * iv
+                        hr[i] = h
+                        if has_w:
+                            h = h * wr[i]
+                        if has_b:
+                            h = h + br[i]
+                        yr[i] = h
+                else:
+                    for k in range(m // seg):
+                        p = (o + k * seg) // seg
+                        wc = np.float64(w[p]) if has_w else 1.0
+                        bc = np.float64(b[p]) if has_b else 0.0
+                        xs, hs, ys = xr[k * seg:(k + 1) * seg], hr[k * seg:(k + 1) * seg], yr[k * seg:(k + 1) * seg]
+                        for i in range(seg):
+                            h = (xs[i] - mu) * iv
+                            hs[i] = h
+                            ys[i] = h * wc + bc
 
     @jit
-    def row_norm_backward(dy, xh, dx, inv, w, dw, db, q, m, center, has_w, want_w, want_b, prop):
-        """With g = dy * w: dx = (g - mean(g) - x_hat * mean(g * x_hat)) * inv (no mean(g) without ``center``);
-        dw += dy * x_hat and db += dy per element of a unit (float64 vectors of length q * m)."""
-        units = dy.shape[0]
-        for u in range(units):
+    def row_norm_backward(dy, xh, dx, inv, w, dw, db, q, m, seg, center, has_w, want_w, want_b, prop):
+        """With g = dy * w (in float64, so that g - mean(g) is exactly 0 for one-element rows): dx = (g - mean(g)
+        - x_hat * mean(g * x_hat)) * inv (no mean(g) without ``center``); dw += sum of dy * x_hat and db += sum of
+        dy over the elements sharing each entry (float64 vectors)."""
+        for u in range(dy.shape[0]):
             for r in range(q):
                 o = r * m
+                dr, hr = dy[u, o:o + m], xh[u, o:o + m]
                 sg = 0.0
                 sgh = 0.0
-                if want_w or want_b:
-                    for i in range(m):
-                        d = dy[u, o + i]
-                        h = xh[u, o + i]
+                if seg == 1:    # one parameter per element: LayerNorm, RMSNorm
+                    wr = w[o:o + m]
+                    if want_w or want_b:
+                        dwr, dbr = dw[o:o + m], db[o:o + m]
+                        for i in range(m):
+                            d = dr[i]
+                            h = hr[i]
+                            if want_w:
+                                dwr[i] += d * h
+                            if want_b:
+                                dbr[i] += d
+                            g = d * np.float64(wr[i]) if has_w else np.float64(d)
+                            sg += g
+                            sgh += g * h
+                    else:   # a loop without the accumulations vectorises (LLVM does not split the one above)
+                        for i in range(m):
+                            g = dr[i] * np.float64(wr[i]) if has_w else np.float64(dr[i])
+                            sg += g
+                            sgh += g * hr[i]
+                else:           # one parameter per channel: sums over its positions, then weighted once
+                    for k in range(m // seg):
+                        p = (o + k * seg) // seg
+                        ds, hs = dr[k * seg:(k + 1) * seg], hr[k * seg:(k + 1) * seg]
+                        sd = 0.0
+                        sdh = 0.0
+                        for i in range(seg):
+                            d = ds[i]
+                            sd += d
+                            sdh += d * hs[i]
                         if want_w:
-                            dw[o + i] += d * h
+                            dw[p] += sdh
                         if want_b:
-                            db[o + i] += d
-                        g = d * w[o + i] if has_w else d
-                        sg += g
-                        sgh += g * h
-                else:   # a loop without the accumulations vectorises (LLVM does not split the one above)
-                    for i in range(m):
-                        g = dy[u, o + i] * w[o + i] if has_w else dy[u, o + i]
-                        sg += g
-                        sgh += g * xh[u, o + i]
+                            db[p] += sd
+                        wc = np.float64(w[p]) if has_w else 1.0
+                        sg += wc * sd
+                        sgh += wc * sdh
                 if prop:
                     iv = inv[u * q + r]
                     a = sg / m if center else 0.0
                     c = sgh / m
-                    for i in range(m):  # dx may be dy
-                        g = dy[u, o + i] * w[o + i] if has_w else dy[u, o + i]
-                        dx[u, o + i] = (g - a - xh[u, o + i] * c) * iv
+                    xr = dx[u, o:o + m]     # dx may be dy
+                    if seg == 1:
+                        wr = w[o:o + m]
+                        for i in range(m):
+                            g = dr[i] * np.float64(wr[i]) if has_w else np.float64(dr[i])
+                            xr[i] = (g - a - hr[i] * c) * iv
+                    else:
+                        for k in range(m // seg):
+                            wc = np.float64(w[(o + k * seg) // seg]) if has_w else 1.0
+                            ds, hs = dr[k * seg:(k + 1) * seg], hr[k * seg:(k + 1) * seg]
+                            xs = xr[k * seg:(k + 1) * seg]
+                            for i in range(seg):
+                                xs[i] = (ds[i] * wc - a - hs[i] * c) * iv
 
     return row_norm_forward, row_norm_backward
 
@@ -136,34 +183,34 @@ def _empty(dtype):
     return _EMPTY[key]
 
 
-def _check(x, blocks, rows, vectors, q: int, m: int) -> None:
+def _check(x, blocks, rows, vectors, q: int, m: int, seg: int) -> None:
     """The kernels do not check bounds: a caller's shape error must not become a write outside an array."""
     units = x.shape[0]
-    ok = x.ndim == 2 and x.shape[1] == q * m
+    ok = x.ndim == 2 and x.shape[1] == q * m and seg >= 1 and m % seg == 0
     ok = ok and all(a is None or a.shape == x.shape for a in blocks)
     ok = ok and all(a is None or a.shape == (units * q,) for a in rows)
-    ok = ok and all(a is None or a.shape == (q * m,) for a in vectors)
+    ok = ok and all(a is None or a.shape == (q * m // seg,) for a in vectors)
     if not ok:
         raise ValueError("row-normalization kernel: shapes %s do not fit %d units of %d rows of %d elements"
                          % ([None if a is None else a.shape for a in (x,) + blocks + rows + vectors], units, q, m))
 
 
-def row_norm_forward(x, xh, y, mean, var, inv, w, b, q: int, m: int, eps: float, center: bool) -> None:
+def row_norm_forward(x, xh, y, mean, var, inv, w, b, q: int, m: int, seg: int, eps: float, center: bool) -> None:
     """One block: ``x``, ``xh``, ``y`` (units, q * m); ``mean`` (or None without centring), ``var``, ``inv``
-    (units * q,); ``w``, ``b`` vectors of q * m elements or None."""
+    (units * q,); ``w``, ``b``: one entry per ``seg`` consecutive elements of a unit, or None."""
     fwd = _load()[0]
-    _check(x, (xh, y), (mean, var, inv), (w, b), q, m)
+    _check(x, (xh, y), (mean, var, inv), (w, b), q, m, seg)
     dummy = _empty(x.dtype)
     fwd(x, xh, y, dummy if mean is None else mean, var, inv, dummy if w is None else w,
-        dummy if b is None else b, q, m, float(eps), center, w is not None, b is not None)
+        dummy if b is None else b, q, m, seg, float(eps), center, w is not None, b is not None)
 
 
-def row_norm_backward(dy, xh, dx, inv, w, dw, db, q: int, m: int, center: bool) -> None:
+def row_norm_backward(dy, xh, dx, inv, w, dw, db, q: int, m: int, seg: int, center: bool) -> None:
     """One block: ``dy``, ``xh``, ``dx`` (units, q * m), ``dx`` None for no input gradient; ``dw``/``db`` float64
-    vectors of q * m elements to accumulate into, or None."""
+    vectors (one entry per ``seg`` elements of a unit) to accumulate into, or None."""
     bwd = _load()[1]
-    _check(dy, (xh, dx), (inv,), (w, dw, db), q, m)
+    _check(dy, (xh, dx), (inv,), (w, dw, db), q, m, seg)
     dummy, acc = _empty(dy.dtype), _empty(np.float64)
     bwd(dy, xh, dummy.reshape(1, 1) if dx is None else dx, inv, dummy if w is None else w,
-        acc if dw is None else dw, acc if db is None else db, q, m, center, w is not None,
+        acc if dw is None else dw, acc if db is None else db, q, m, seg, center, w is not None,
         dw is not None, db is not None, dx is not None)
