@@ -253,8 +253,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.set_num_threads(threads)
         except ImportError:
             torch = None
-    print("NumPy %s, BLAS threads %d (%s), pcn pool threads %d; %s; Python %s; %s; %s clock" % (
-        np.__version__, threads, how, parallel.num_threads(), "torch %s, %d threads" % (
+    from pycaffe_norm.layers import numba_kernels
+
+    kernels = "Numba %s" % __import__("numba").__version__ if numba_kernels.available() else "NumPy passes"
+    print("NumPy %s, BLAS threads %d (%s), pcn pool threads %d, row-norm layers on %s; %s; Python %s; %s; %s clock" % (
+        np.__version__, threads, how, parallel.num_threads(), kernels, "torch %s, %d threads" % (
             torch.__version__, torch.get_num_threads()) if torch else "torch not importable",
         platform.python_version(), platform.processor() or platform.machine(), args.clock))
     wanted = [w.strip().lower() for w in args.layers.split(",") if w.strip()]
