@@ -47,7 +47,7 @@ MODELS: List[Tuple[str, str]] = [
     ("lenet_grn", "GRN"),
     ("lenet_layernorm", "LayerNorm (C, H, W; affine)"),
     ("lenet_groupnorm", "GroupNorm (5 channels per group)"),
-    ("lenet_instancenorm", "InstanceNorm (affine, running stats)"),
+    ("lenet_instancenorm", "InstanceNorm (affine)"),
     ("lenet_rmsnorm", "RMSNorm (C, H, W)"),
     ("lenet_convnext_grn", "ConvNeXt-V2 GRN"),
     ("lenet_batchrenorm", "BatchNorm + Batch Renorm + Scale"),

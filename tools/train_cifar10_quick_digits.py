@@ -45,7 +45,7 @@ MODELS: List[Tuple[str, str]] = [
     ("cifar10_quick", "CIFAR-10-quick (no normalization)"),
     ("cifar10_quick_layernorm", "LayerNorm (C, H, W; affine)"),
     ("cifar10_quick_groupnorm", "GroupNorm (8 groups)"),
-    ("cifar10_quick_instancenorm", "InstanceNorm (affine, running stats)"),
+    ("cifar10_quick_instancenorm", "InstanceNorm (affine)"),
     ("cifar10_quick_rmsnorm", "RMSNorm (C, H, W)"),
     ("cifar10_quick_convnext_grn", "ConvNeXt-V2 GRN"),
     ("cifar10_quick_batchrenorm", "BatchNorm + Batch Renorm + Scale"),
