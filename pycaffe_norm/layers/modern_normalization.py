@@ -3,8 +3,10 @@ PyTorch's ``layer_norm``), GroupNorm, InstanceNorm, RMSNorm (MyCaffe's and PyTor
 Response Normalization (type ``ConvNeXtGRN``, not MyCaffe's ``GRN``). Batch Renormalization is an option of
 BatchNorm (``normalization.py``).
 
-Formulas, parameters and the PyTorch mapping are in docs/normalization.md. Every layer runs in place: backward
-reads only what forward cached (the normalised input, or ConvNeXtGRN's input), never the top or bottom data.
+Formulas, parameters and the PyTorch mapping are in docs/normalization.md. Every layer runs in place: in place,
+backward reads only what forward cached (the normalised input, or ConvNeXtGRN's input), never the top or bottom
+data. Out of place, the compiled kernels (``numba_kernels``) keep only the row statistics and backward recomputes
+the normalised input from the bottom, as Convolution reads its bottom for the weight gradient.
 """
 from __future__ import annotations
 
@@ -206,14 +208,22 @@ class _RowNormLayer(Layer):
         dt = x2.dtype.type
         units, q = self._units(bottom[0], r)
         k = q * m
-        xh = _buffer(self, "xhat", xp, (r, m), x2.dtype)
+        fused = xp is np and m and numba_kernels.available()
+        # The kernels keep x_hat only in place; otherwise backward recomputes it from the bottom, as Convolution
+        # reads its bottom (one array less to write and to hold).
+        self._source = ("xhat" if top[0] is bottom[0] else "x") if fused else None
+        if self._source == "x":
+            self._buffers = {k: v for k, v in getattr(self, "_buffers", {}).items() if k != "xhat"}
+            xh = None
+        else:
+            xh = _buffer(self, "xhat", xp, (r, m), x2.dtype)
         mean = _buffer(self, "mean", xp, (r,), x2.dtype) if self.center else None
         var = self._var = _buffer(self, "var", xp, (r,), x2.dtype)
         inv = self._inv = _buffer(self, "inv", xp, (r,), x2.dtype)
-        x, xu, y = x2.reshape(units, k), xh.reshape(units, k), top[0].data.reshape(units, k)
+        x, y = x2.reshape(units, k), top[0].data.reshape(units, k)
+        xu = None if xh is None else xh.reshape(units, k)
         ones, dm, eps, center = _ones(xp, m, x2.dtype), dt(m), dt(self.eps), self.center
         self._mean = mean
-        fused = xp is np and m and numba_kernels.available()
         if fused:
             seg, w, b = self._kernel_affine(bottom[0], m)
         else:
@@ -222,8 +232,9 @@ class _RowNormLayer(Layer):
         def block(u0: int, u1: int, _group: int) -> None:
             r0, r1 = u0 * q, u1 * q
             if fused:
-                numba_kernels.row_norm_forward(x[u0:u1], xu[u0:u1], y[u0:u1], None if mean is None else mean[r0:r1],
-                                               var[r0:r1], inv[r0:r1], w, b, q, m, seg, self.eps, center)
+                numba_kernels.row_norm_forward(x[u0:u1], None if xu is None else xu[u0:u1], y[u0:u1],
+                                               None if mean is None else mean[r0:r1], var[r0:r1], inv[r0:r1], w, b,
+                                               q, m, seg, self.eps, center)
                 return
             xr, hr = x[u0:u1].reshape(-1, m), xu[u0:u1].reshape(-1, m)
             if center:
@@ -259,26 +270,30 @@ class _RowNormLayer(Layer):
 
     def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
         xp = bottom[0].xp
-        xh = self._buffers["xhat"]
-        r, m = xh.shape
+        r, m = self._rows(bottom[0])
         units, q = self._units(bottom[0], r)
         k = q * m
-        dt = xh.dtype.type
-        dy, xu, dx = top[0].diff.reshape(units, k), xh.reshape(units, k), bottom[0].diff.reshape(units, k)
-        w, _ = self._unit_affine(xp, bottom[0], m, q)
         i = self.first_affine
         want_w = self.affine and self.param_propagate_down[i]
         want_b = self.bias and self.param_propagate_down[i + 1]
         prop = propagate_down[0]
         if not (want_w or want_b or prop) or not m:
             return
+        dy, dx = top[0].diff.reshape(units, k), bottom[0].diff.reshape(units, k)
+        source = getattr(self, "_source", None)
+        if source is not None:   # forward ran on the kernels: so does backward (x_hat may not be kept)
+            src = (bottom[0].data if source == "x" else self._buffers["xhat"]).reshape(units, k)
+            self._fused_backward(dy, src, source == "x", dx if prop else None, bottom[0], q, m, units, want_w,
+                                 want_b)
+            return
+        xh = self._buffers["xhat"]
+        dt = xh.dtype.type
+        xu = xh.reshape(units, k)
+        w, _ = self._unit_affine(xp, bottom[0], m, q)
         channel = self.layout == "channel"
         n_c, c_c, s_c = self._ncs(bottom[0]) if channel else (0, 0, 0)
         ones, dm, center, inv = _ones(xp, m, xh.dtype), dt(m), self.center, self._inv
         partial: dict = {}
-        if xp is np and numba_kernels.available():
-            self._fused_backward(dy, xu, dx if prop else None, bottom[0], q, m, units, want_w, want_b)
-            return
 
         def block(u0: int, u1: int, group: int) -> None:
             nb, r0, r1 = u1 - u0, u0 * q, u1 * q
@@ -357,20 +372,23 @@ class _RowNormLayer(Layer):
         i = self.first_affine
         return seg, self.blobs[i].data.reshape(-1), (self.blobs[i + 1].data.reshape(-1) if self.bias else None)
 
-    def _fused_backward(self, dy, xu, dx, bottom: Blob, q: int, m: int, units: int, want_w: bool,
-                        want_b: bool) -> None:
-        """``backward`` on the compiled kernels: float64 parameter-gradient partials per group of blocks, added in
-        batch order (the same bits on any number of threads)."""
+    def _fused_backward(self, dy, src, from_x: bool, dx, bottom: Blob, q: int, m: int, units: int,
+                        want_w: bool, want_b: bool) -> None:
+        """``backward`` on the compiled kernels from x_hat or (``from_x``) the bottom data: float64
+        parameter-gradient partials per group of blocks, added in batch order (the same bits on any number of
+        threads)."""
         seg, w, _ = self._kernel_affine(bottom, m)
-        inv, center, size = self._inv, self.center, q * m // seg
+        mean, inv, center, size = self._mean, self._inv, self.center, q * m // seg
         partial: dict = {}
 
         def block(u0: int, u1: int, group: int) -> None:
             sums = partial.get(group)
             if sums is None:
                 sums = partial[group] = [np.zeros(size) if want_w else None, np.zeros(size) if want_b else None]
-            numba_kernels.row_norm_backward(dy[u0:u1], xu[u0:u1], None if dx is None else dx[u0:u1],
-                                            inv[u0 * q:u1 * q], w, sums[0], sums[1], q, m, seg, center)
+            r0, r1 = u0 * q, u1 * q
+            numba_kernels.row_norm_backward(dy[u0:u1], src[u0:u1], None if dx is None else dx[u0:u1],
+                                            None if mean is None else mean[r0:r1], inv[r0:r1], w, sums[0], sums[1],
+                                            q, m, seg, center, from_x)
 
         _over_units(np, units, q * m, m, block)
         i = self.first_affine

@@ -58,10 +58,11 @@ def _compile():
     jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
 
     @jit
-    def row_norm_forward(x, xh, y, mean, var, inv, w, b, q, m, seg, eps, center, has_w, has_b):
+    def row_norm_forward(x, xh, y, mean, var, inv, w, b, q, m, seg, eps, center, has_w, has_b, keep):
         """Per row of ``m`` elements (``q`` rows per unit, a unit being a row of ``x`` (units, q * m)):
         x_hat = (x - mean) * inv (no mean without ``center``), y = x_hat * w + b, where each run of ``seg``
-        consecutive elements of a unit shares one entry of ``w`` and ``b`` (a channel's positions)."""
+        consecutive elements of a unit shares one entry of ``w`` and ``b`` (a channel's positions); x_hat is
+        written to ``xh`` only when ``keep``."""
         for u in range(x.shape[0]):
             for r in range(q):
                 o = r * m
@@ -84,16 +85,25 @@ def _compile():
                 var[row] = v
                 inv[row] = iv
                 # y may be x: each element is read before it is written
-                if seg == 1:
+                if seg == 1:    # two loops: with a third flag inside, LLVM leaves the loop scalar
                     wr, br = w[o:o + m], b[o:o + m]
-                    for i in range(m):
-                        h = (xr[i] - mu) * iv
-                        hr[i] = h
-                        if has_w:
-                            h = h * wr[i]
-                        if has_b:
-                            h = h + br[i]
-                        yr[i] = h
+                    if keep:
+                        for i in range(m):
+                            h = (xr[i] - mu) * iv
+                            hr[i] = h
+                            if has_w:
+                                h = h * wr[i]
+                            if has_b:
+                                h = h + br[i]
+                            yr[i] = h
+                    else:
+                        for i in range(m):
+                            h = (xr[i] - mu) * iv
+                            if has_w:
+                                h = h * wr[i]
+                            if has_b:
+                                h = h + br[i]
+                            yr[i] = h
                 else:
                     for k in range(m // seg):
                         p = (o + k * seg) // seg
@@ -102,18 +112,25 @@ def _compile():
                         xs, hs, ys = xr[k * seg:(k + 1) * seg], hr[k * seg:(k + 1) * seg], yr[k * seg:(k + 1) * seg]
                         for i in range(seg):
                             h = (xs[i] - mu) * iv
-                            hs[i] = h
+                            if keep:
+                                hs[i] = h
                             ys[i] = h * wc + bc
 
     @jit
-    def row_norm_backward(dy, xh, dx, inv, w, dw, db, q, m, seg, center, has_w, want_w, want_b, prop):
+    def row_norm_backward(dy, src, dx, mean, inv, w, dw, db, q, m, seg, center, has_w, want_w, want_b, prop,
+                          from_x):
         """With g = dy * w (in float64, so that g - mean(g) is exactly 0 for one-element rows): dx = (g - mean(g)
         - x_hat * mean(g * x_hat)) * inv (no mean(g) without ``center``); dw += sum of dy * x_hat and db += sum of
-        dy over the elements sharing each entry (float64 vectors)."""
+        dy over the elements sharing each entry (float64 vectors). ``src`` is x_hat, or with ``from_x`` the input,
+        from which x_hat = (x - mean) * inv is recomputed."""
         for u in range(dy.shape[0]):
             for r in range(q):
                 o = r * m
-                dr, hr = dy[u, o:o + m], xh[u, o:o + m]
+                dr, hr = dy[u, o:o + m], src[u, o:o + m]
+                row = u * q + r
+                # x_hat = (src - shift) * scale: exactly src itself when src is x_hat
+                shift = np.float64(mean[row]) if from_x and center else 0.0
+                scale = np.float64(inv[row]) if from_x else 1.0
                 sg = 0.0
                 sgh = 0.0
                 if seg == 1:    # one parameter per element: LayerNorm, RMSNorm
@@ -122,7 +139,7 @@ def _compile():
                         dwr, dbr = dw[o:o + m], db[o:o + m]
                         for i in range(m):
                             d = dr[i]
-                            h = hr[i]
+                            h = (hr[i] - shift) * scale
                             if want_w:
                                 dwr[i] += d * h
                             if want_b:
@@ -134,7 +151,7 @@ def _compile():
                         for i in range(m):
                             g = dr[i] * np.float64(wr[i]) if has_w else np.float64(dr[i])
                             sg += g
-                            sgh += g * hr[i]
+                            sgh += g * ((hr[i] - shift) * scale)
                 else:           # one parameter per channel: sums over its positions, then weighted once
                     for k in range(m // seg):
                         p = (o + k * seg) // seg
@@ -144,7 +161,7 @@ def _compile():
                         for i in range(seg):
                             d = ds[i]
                             sd += d
-                            sdh += d * hs[i]
+                            sdh += d * ((hs[i] - shift) * scale)
                         if want_w:
                             dw[p] += sdh
                         if want_b:
@@ -153,7 +170,7 @@ def _compile():
                         sg += wc * sd
                         sgh += wc * sdh
                 if prop:
-                    iv = inv[u * q + r]
+                    iv = inv[row]
                     a = sg / m if center else 0.0
                     c = sgh / m
                     xr = dx[u, o:o + m]     # dx may be dy
@@ -161,14 +178,14 @@ def _compile():
                         wr = w[o:o + m]
                         for i in range(m):
                             g = dr[i] * np.float64(wr[i]) if has_w else np.float64(dr[i])
-                            xr[i] = (g - a - hr[i] * c) * iv
+                            xr[i] = (g - a - ((hr[i] - shift) * scale) * c) * iv
                     else:
                         for k in range(m // seg):
                             wc = np.float64(w[(o + k * seg) // seg]) if has_w else 1.0
                             ds, hs = dr[k * seg:(k + 1) * seg], hr[k * seg:(k + 1) * seg]
                             xs = xr[k * seg:(k + 1) * seg]
                             for i in range(seg):
-                                xs[i] = (ds[i] * wc - a - hs[i] * c) * iv
+                                xs[i] = (ds[i] * wc - a - ((hs[i] - shift) * scale) * c) * iv
 
     return row_norm_forward, row_norm_backward
 
@@ -196,21 +213,24 @@ def _check(x, blocks, rows, vectors, q: int, m: int, seg: int) -> None:
 
 
 def row_norm_forward(x, xh, y, mean, var, inv, w, b, q: int, m: int, seg: int, eps: float, center: bool) -> None:
-    """One block: ``x``, ``xh``, ``y`` (units, q * m); ``mean`` (or None without centring), ``var``, ``inv``
-    (units * q,); ``w``, ``b``: one entry per ``seg`` consecutive elements of a unit, or None."""
+    """One block: ``x``, ``y`` (units, q * m), ``xh`` the same or None (x_hat not kept); ``mean`` (or None without
+    centring), ``var``, ``inv`` (units * q,); ``w``, ``b``: one entry per ``seg`` consecutive elements of a unit,
+    or None."""
     fwd = _load()[0]
     _check(x, (xh, y), (mean, var, inv), (w, b), q, m, seg)
     dummy = _empty(x.dtype)
-    fwd(x, xh, y, dummy if mean is None else mean, var, inv, dummy if w is None else w,
-        dummy if b is None else b, q, m, seg, float(eps), center, w is not None, b is not None)
+    fwd(x, x if xh is None else xh, y, dummy if mean is None else mean, var, inv, dummy if w is None else w,
+        dummy if b is None else b, q, m, seg, float(eps), center, w is not None, b is not None, xh is not None)
 
 
-def row_norm_backward(dy, xh, dx, inv, w, dw, db, q: int, m: int, seg: int, center: bool) -> None:
-    """One block: ``dy``, ``xh``, ``dx`` (units, q * m), ``dx`` None for no input gradient; ``dw``/``db`` float64
+def row_norm_backward(dy, src, dx, mean, inv, w, dw, db, q: int, m: int, seg: int, center: bool,
+                      from_x: bool) -> None:
+    """One block: ``dy``, ``src`` (x_hat, or with ``from_x`` the forward's input), ``dx`` (units, q * m), ``dx``
+    None for no input gradient; ``mean`` (None without centring) and ``inv`` of the forward; ``dw``/``db`` float64
     vectors (one entry per ``seg`` elements of a unit) to accumulate into, or None."""
     bwd = _load()[1]
-    _check(dy, (xh, dx), (inv,), (w, dw, db), q, m, seg)
+    _check(dy, (src, dx), (mean, inv), (w, dw, db), q, m, seg)
     dummy, acc = _empty(dy.dtype), _empty(np.float64)
-    bwd(dy, xh, dummy.reshape(1, 1) if dx is None else dx, inv, dummy if w is None else w,
-        acc if dw is None else dw, acc if db is None else db, q, m, seg, center, w is not None,
-        dw is not None, db is not None, dx is not None)
+    bwd(dy, src, dummy.reshape(1, 1) if dx is None else dx, inv if mean is None else mean, inv,
+        dummy if w is None else w, acc if dw is None else dw, acc if db is None else db, q, m, seg, center,
+        w is not None, dw is not None, db is not None, dx is not None, from_x)
