@@ -58,11 +58,14 @@ def _compile():
     jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
 
     @jit
-    def row_norm_forward(x, xh, y, mean, var, inv, w, b, q, m, seg, eps, center, has_w, has_b, keep):
+    def row_norm_forward(x, xh, y, mean, var, inv, w, b, q, m, seg, eps, center, keep):
         """Per row of ``m`` elements (``q`` rows per unit, a unit being a row of ``x`` (units, q * m)):
-        x_hat = (x - mean) * inv (no mean without ``center``), y = x_hat * w + b, where each run of ``seg``
+        x_hat = (x - mean) * inv (mean 0 without ``center``), y = x_hat * w + b, where each run of ``seg``
         consecutive elements of a unit shares one entry of ``w`` and ``b`` (a channel's positions); x_hat is
-        written to ``xh`` only when ``keep``."""
+        written to ``xh`` only when ``keep``. The statistics are summed in float64, the elementwise part runs in
+        the data's precision with the statistics rounded to it (as the NumPy passes; for float32 half the vector
+        work of float64)."""
+        cast = x.dtype.type
         for u in range(x.shape[0]):
             for r in range(q):
                 o = r * m
@@ -80,57 +83,49 @@ def _compile():
                 v /= m
                 iv = 1.0 / math.sqrt(v + eps)
                 row = u * q + r
-                if center:
-                    mean[row] = mu
+                mean[row] = mu
                 var[row] = v
                 inv[row] = iv
+                mt, it = cast(mu), cast(iv)
                 # y may be x: each element is read before it is written
-                if seg == 1:    # two loops: with a third flag inside, LLVM leaves the loop scalar
+                if seg == 1:
                     wr, br = w[o:o + m], b[o:o + m]
                     if keep:
                         for i in range(m):
-                            h = (xr[i] - mu) * iv
+                            h = (xr[i] - mt) * it
                             hr[i] = h
-                            if has_w:
-                                h = h * wr[i]
-                            if has_b:
-                                h = h + br[i]
-                            yr[i] = h
+                            yr[i] = h * wr[i] + br[i]
                     else:
                         for i in range(m):
-                            h = (xr[i] - mu) * iv
-                            if has_w:
-                                h = h * wr[i]
-                            if has_b:
-                                h = h + br[i]
-                            yr[i] = h
+                            yr[i] = (xr[i] - mt) * it * wr[i] + br[i]
                 else:
                     for k in range(m // seg):
                         p = (o + k * seg) // seg
-                        wc = np.float64(w[p]) if has_w else 1.0
-                        bc = np.float64(b[p]) if has_b else 0.0
+                        wc, bc = w[p], b[p]
                         xs, hs, ys = xr[k * seg:(k + 1) * seg], hr[k * seg:(k + 1) * seg], yr[k * seg:(k + 1) * seg]
-                        for i in range(seg):
-                            h = (xs[i] - mu) * iv
-                            if keep:
+                        if keep:
+                            for i in range(seg):
+                                h = (xs[i] - mt) * it
                                 hs[i] = h
-                            ys[i] = h * wc + bc
+                                ys[i] = h * wc + bc
+                        else:
+                            for i in range(seg):
+                                ys[i] = (xs[i] - mt) * it * wc + bc
 
     @jit
-    def row_norm_backward(dy, src, dx, mean, inv, w, dw, db, q, m, seg, center, has_w, want_w, want_b, prop,
-                          from_x):
-        """With g = dy * w (in float64, so that g - mean(g) is exactly 0 for one-element rows): dx = (g - mean(g)
-        - x_hat * mean(g * x_hat)) * inv (no mean(g) without ``center``); dw += sum of dy * x_hat and db += sum of
-        dy over the elements sharing each entry (float64 vectors). ``src`` is x_hat, or with ``from_x`` the input,
-        from which x_hat = (x - mean) * inv is recomputed."""
+    def row_norm_backward(dy, src, dx, shift, scale, inv, w, dw, db, q, m, seg, center, want_w, want_b, prop):
+        """With x_hat = (src - shift) * scale per row (``src`` x_hat itself: shift 0, scale 1; or the input: the
+        forward's mean and inv) and g = dy * w: dx = (g - mean(g) - x_hat * mean(g * x_hat)) * inv (no mean(g)
+        without ``center``); dw += sum of dy * x_hat and db += sum of dy over the elements sharing each entry
+        (float64 vectors). Row sums in float64, elementwise in the data's precision; for a row of one element
+        g - mean(g) is exactly 0."""
+        cast = dy.dtype.type
         for u in range(dy.shape[0]):
             for r in range(q):
                 o = r * m
-                dr, hr = dy[u, o:o + m], src[u, o:o + m]
                 row = u * q + r
-                # x_hat = (src - shift) * scale: exactly src itself when src is x_hat
-                shift = np.float64(mean[row]) if from_x and center else 0.0
-                scale = np.float64(inv[row]) if from_x else 1.0
+                dr, hr = dy[u, o:o + m], src[u, o:o + m]
+                st, sc = shift[row], scale[row]
                 sg = 0.0
                 sgh = 0.0
                 if seg == 1:    # one parameter per element: LayerNorm, RMSNorm
@@ -139,19 +134,19 @@ def _compile():
                         dwr, dbr = dw[o:o + m], db[o:o + m]
                         for i in range(m):
                             d = dr[i]
-                            h = (hr[i] - shift) * scale
+                            h = (hr[i] - st) * sc
                             if want_w:
                                 dwr[i] += d * h
                             if want_b:
                                 dbr[i] += d
-                            g = d * np.float64(wr[i]) if has_w else np.float64(d)
+                            g = d * wr[i]
                             sg += g
                             sgh += g * h
                     else:   # a loop without the accumulations vectorises (LLVM does not split the one above)
                         for i in range(m):
-                            g = dr[i] * np.float64(wr[i]) if has_w else np.float64(dr[i])
+                            g = dr[i] * wr[i]
                             sg += g
-                            sgh += g * ((hr[i] - shift) * scale)
+                            sgh += g * ((hr[i] - st) * sc)
                 else:           # one parameter per channel: sums over its positions, then weighted once
                     for k in range(m // seg):
                         p = (o + k * seg) // seg
@@ -161,43 +156,47 @@ def _compile():
                         for i in range(seg):
                             d = ds[i]
                             sd += d
-                            sdh += d * ((hs[i] - shift) * scale)
+                            sdh += d * ((hs[i] - st) * sc)
                         if want_w:
                             dw[p] += sdh
                         if want_b:
                             db[p] += sd
-                        wc = np.float64(w[p]) if has_w else 1.0
+                        wc = np.float64(w[p])
                         sg += wc * sd
                         sgh += wc * sdh
                 if prop:
-                    iv = inv[row]
-                    a = sg / m if center else 0.0
-                    c = sgh / m
+                    it = inv[row]
+                    at = cast(sg / m) if center else cast(0.0)
+                    ct = cast(sgh / m)
                     xr = dx[u, o:o + m]     # dx may be dy
                     if seg == 1:
                         wr = w[o:o + m]
                         for i in range(m):
-                            g = dr[i] * np.float64(wr[i]) if has_w else np.float64(dr[i])
-                            xr[i] = (g - a - ((hr[i] - shift) * scale) * c) * iv
+                            xr[i] = (dr[i] * wr[i] - at - ((hr[i] - st) * sc) * ct) * it
                     else:
                         for k in range(m // seg):
-                            wc = np.float64(w[(o + k * seg) // seg]) if has_w else 1.0
+                            wc = w[(o + k * seg) // seg]
                             ds, hs = dr[k * seg:(k + 1) * seg], hr[k * seg:(k + 1) * seg]
                             xs = xr[k * seg:(k + 1) * seg]
                             for i in range(seg):
-                                xs[i] = (ds[i] * wc - a - ((hs[i] - shift) * scale) * c) * iv
+                                xs[i] = (ds[i] * wc - at - ((hs[i] - st) * sc) * ct) * it
 
     return row_norm_forward, row_norm_backward
 
 
-_EMPTY: dict = {}
+_CONSTANTS: dict = {}
 
 
-def _empty(dtype):
-    key = np.dtype(dtype).str
-    if key not in _EMPTY:
-        _EMPTY[key] = np.zeros(1, dtype=dtype)
-    return _EMPTY[key]
+def _constant(value: float, n: int, dtype):
+    """A cached vector of ``n`` copies of ``value`` (absent weights, biases, means), which the kernels only read.
+    Writable, so that the kernels are compiled for one array type (Numba types read-only arrays apart)."""
+    key = (value, n, np.dtype(dtype).str)
+    v = _CONSTANTS.get(key)
+    if v is None:
+        if len(_CONSTANTS) > 64:
+            _CONSTANTS.clear()
+        v = _CONSTANTS[key] = np.full(n, value, dtype=dtype)
+    return v
 
 
 def _check(x, blocks, rows, vectors, q: int, m: int, seg: int) -> None:
@@ -218,9 +217,10 @@ def row_norm_forward(x, xh, y, mean, var, inv, w, b, q: int, m: int, seg: int, e
     or None."""
     fwd = _load()[0]
     _check(x, (xh, y), (mean, var, inv), (w, b), q, m, seg)
-    dummy = _empty(x.dtype)
-    fwd(x, x if xh is None else xh, y, dummy if mean is None else mean, var, inv, dummy if w is None else w,
-        dummy if b is None else b, q, m, seg, float(eps), center, w is not None, b is not None, xh is not None)
+    size = q * m // seg
+    fwd(x, x if xh is None else xh, y, np.zeros_like(var) if mean is None else mean, var, inv,
+        _constant(1.0, size, x.dtype) if w is None else w, _constant(0.0, size, x.dtype) if b is None else b,
+        q, m, seg, float(eps), center, xh is not None)
 
 
 def row_norm_backward(dy, src, dx, mean, inv, w, dw, db, q: int, m: int, seg: int, center: bool,
@@ -230,7 +230,10 @@ def row_norm_backward(dy, src, dx, mean, inv, w, dw, db, q: int, m: int, seg: in
     vectors (one entry per ``seg`` elements of a unit) to accumulate into, or None."""
     bwd = _load()[1]
     _check(dy, (src, dx), (mean, inv), (w, dw, db), q, m, seg)
-    dummy, acc = _empty(dy.dtype), _empty(np.float64)
-    bwd(dy, src, dummy.reshape(1, 1) if dx is None else dx, inv if mean is None else mean, inv,
-        dummy if w is None else w, acc if dw is None else dw, acc if db is None else db, q, m, seg, center,
-        w is not None, dw is not None, db is not None, dx is not None, from_x)
+    rows, dt = inv.shape[0], dy.dtype
+    shift = mean if from_x and mean is not None else _constant(0.0, rows, dt)
+    scale = inv if from_x else _constant(1.0, rows, dt)
+    acc = np.zeros(1)   # written to only when asked for (dw, db)
+    bwd(dy, src, np.empty((1, 1), dt) if dx is None else dx, shift, scale, inv,
+        _constant(1.0, q * m // seg, dt) if w is None else w, acc if dw is None else dw,
+        acc if db is None else db, q, m, seg, center, dw is not None, db is not None, dx is not None)
