@@ -70,17 +70,18 @@ def _compile():
             for r in range(q):
                 o = r * m
                 xr, hr, yr = x[u, o:o + m], xh[u, o:o + m], y[u, o:o + m]
-                mu = 0.0
-                if center:
-                    s = 0.0
-                    for i in range(m):
-                        s += xr[i]
-                    mu = s / m
-                v = 0.0
+                # one pass over the row, shifted by its first element: as exact as two passes when that element
+                # is within a few deviations of the mean (it is one of the row's values), and 0 for a constant row
+                shift = np.float64(xr[0]) if center else 0.0
+                s = 0.0
+                s2 = 0.0
                 for i in range(m):
-                    d = xr[i] - mu
-                    v += d * d
-                v /= m
+                    d = xr[i] - shift
+                    s += d
+                    s2 += d * d
+                mu = shift + s / m if center else 0.0
+                v = s2 / m - (s / m) ** 2 if center else s2 / m
+                v = max(v, 0.0)
                 iv = 1.0 / math.sqrt(v + eps)
                 row = u * q + r
                 mean[row] = mu
