@@ -374,17 +374,19 @@ class _RowNormLayer(Layer):
 
     def _fused_backward(self, dy, src, from_x: bool, dx, bottom: Blob, q: int, m: int, units: int,
                         want_w: bool, want_b: bool) -> None:
-        """``backward`` on the compiled kernels from x_hat or (``from_x``) the bottom data: float64
-        parameter-gradient partials per group of blocks, added in batch order (the same bits on any number of
-        threads)."""
+        """``backward`` on the compiled kernels from x_hat or (``from_x``) the bottom data: parameter-gradient
+        partials per group of blocks, added in batch order (the same bits on any number of threads)."""
         seg, w, _ = self._kernel_affine(bottom, m)
         mean, inv, center, size = self._mean, self._inv, self.center, q * m // seg
+        # per-element partials (LayerNorm, RMSNorm) in the data's precision, like the NumPy passes' BLAS sums (a
+        # float64 partial costs a conversion per element); per-channel ones in float64
+        acc = dy.dtype if seg == 1 else np.float64
         partial: dict = {}
 
         def block(u0: int, u1: int, group: int) -> None:
             sums = partial.get(group)
             if sums is None:
-                sums = partial[group] = [np.zeros(size) if want_w else None, np.zeros(size) if want_b else None]
+                sums = partial[group] = [np.zeros(size, acc) if want else None for want in (want_w, want_b)]
             r0, r1 = u0 * q, u1 * q
             numba_kernels.row_norm_backward(dy[u0:u1], src[u0:u1], None if dx is None else dx[u0:u1],
                                             None if mean is None else mean[r0:r1], inv[r0:r1], w, sums[0], sums[1],

@@ -117,8 +117,8 @@ def _compile():
     def row_norm_backward(dy, src, dx, shift, scale, inv, w, dw, db, q, m, seg, center, want_w, want_b, prop):
         """With x_hat = (src - shift) * scale per row (``src`` x_hat itself: shift 0, scale 1; or the input: the
         forward's mean and inv) and g = dy * w: dx = (g - mean(g) - x_hat * mean(g * x_hat)) * inv (no mean(g)
-        without ``center``); dw += sum of dy * x_hat and db += sum of dy over the elements sharing each entry
-        (float64 vectors). Row sums in float64, elementwise in the data's precision; for a row of one element
+        without ``center``); dw += sum of dy * x_hat and db += sum of dy over the elements sharing each entry.
+        Row sums in float64, elementwise in the data's precision; for a row of one element
         g - mean(g) is exactly 0."""
         cast = dy.dtype.type
         for u in range(dy.shape[0]):
@@ -227,8 +227,8 @@ def row_norm_forward(x, xh, y, mean, var, inv, w, b, q: int, m: int, seg: int, e
 def row_norm_backward(dy, src, dx, mean, inv, w, dw, db, q: int, m: int, seg: int, center: bool,
                       from_x: bool) -> None:
     """One block: ``dy``, ``src`` (x_hat, or with ``from_x`` the forward's input), ``dx`` (units, q * m), ``dx``
-    None for no input gradient; ``mean`` (None without centring) and ``inv`` of the forward; ``dw``/``db`` float64
-    vectors (one entry per ``seg`` elements of a unit) to accumulate into, or None."""
+    None for no input gradient; ``mean`` (None without centring) and ``inv`` of the forward; ``dw``/``db`` vectors
+    (one entry per ``seg`` elements of a unit) to accumulate into, or None."""
     bwd = _load()[1]
     _check(dy, (src, dx), (mean, inv), (w, dw, db), q, m, seg)
     rows, dt = inv.shape[0], dy.dtype
