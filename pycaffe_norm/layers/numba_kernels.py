@@ -2,10 +2,11 @@
 Numba when it is installed (the ``fast`` extra).
 
 The NumPy path of those layers makes about six passes over the data forward and seven backward, each a separate
-ufunc call; these kernels make three and two, with the row statistics in registers. Each call handles one block of
-units on the calling thread without the GIL (pcn's pool runs the blocks), so the layers keep their blocking, their
-per-group parameter-gradient partials and hence the same bits on any number of threads. Sums are accumulated in
-float64 for float32 data too.
+ufunc call; these kernels read each row twice in each direction while it is in the cache, with the row statistics
+in registers. Each call handles one block of units on the calling thread without the GIL (pcn's pool runs the
+blocks), so the layers keep their blocking, their per-group parameter-gradient partials and hence the same bits on
+any number of threads. Row sums are accumulated in float64 for float32 data too; elementwise arithmetic runs in the
+data's precision, as in the NumPy passes.
 
 Numba is imported on first use only (it adds ~150 MiB of resident memory and a second of start-up): nets without
 these layers never load it. ``PCN_NUMBA=0`` or ``ENABLED = False`` keeps the NumPy path; without Numba, or when it
@@ -81,7 +82,8 @@ def _compile():
                     s2 += d * d
                 mu = shift + s / m if center else 0.0
                 v = s2 / m - (s / m) ** 2 if center else s2 / m
-                v = max(v, 0.0)
+                if v < 0.0:     # rounding; a NaN stays NaN
+                    v = 0.0
                 iv = 1.0 / math.sqrt(v + eps)
                 row = u * q + r
                 mean[row] = mu

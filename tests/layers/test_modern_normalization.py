@@ -553,3 +553,18 @@ def test_numba_kernels_match_numpy_passes(text, shape, dtype, rtol, monkeypatch,
     for a, b in zip([*runs[1][:2], *runs[1][2], *runs[1][3]], [*runs[0][:2], *runs[0][2], *runs[0][3]]):
         assert a.dtype == b.dtype == dtype
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * max(1.0, float(np.abs(b).max())))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_input_makes_only_its_own_group_nan():
+    """A NaN or an inf turns its own row (group) into NaN and leaves the others finite, on either path."""
+    x = np.random.RandomState(4).randn(2, 4, 3, 3)
+    x[0, 0, 0, 0] = np.nan
+    x[1, 2, 1, 1] = np.inf
+    layer = layer_of('type: "GroupNorm" group_norm_param { num_groups: 2 }')
+    bottom, top = [make_blob(x)], [make_blob(np.zeros(0))]
+    layer.initialize(bottom, top)
+    layer.forward(bottom, top)
+    groups = top[0].data.reshape(2, 2, -1)
+    assert np.isnan(groups[0, 0]).all() and np.isnan(groups[1, 1]).all()
+    assert np.isfinite(groups[0, 1]).all() and np.isfinite(groups[1, 0]).all()
