@@ -568,7 +568,8 @@ def conv_backward(x, w, dy, geom: ConvGeometry, group: int, ws: Workspace,
                   dx=None, dw=None, db=None) -> None:
     """Accumulates ``dw`` (M, C/group, *kernel) and ``db`` (M,) and overwrites ``dx`` (N, C, *in); any may be None."""
     data = None if dx is None else (lambda n0, n1, ws: _data_grad(dy[n0:n1], w, dx[n0:n1], geom, group, ws))
-    def both(n0, n1, p, ws):
+
+    def both(n0, n1, p, ws):   # both gradients from the same top-gradient columns (kernel-row path)
         _bwd_both_rows(x[n0:n1], dy[n0:n1], w, dx[n0:n1], p, geom, group, ws)
 
     fused = dx is not None and dw is not None and isinstance(dy, np.ndarray) and _data_rows(geom, w, group)
