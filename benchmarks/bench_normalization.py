@@ -8,7 +8,7 @@ PyTorch CPU operation when torch is importable.
 Each case times one ``forward`` and one ``backward`` (bottom gradient, and parameter gradients where the layer has
 parameters) and reports the best (minimum) of ``--repeat`` runs after two warm-up runs, which is the figure least
 disturbed by other processes, and also the ratio of the medians; the PyTorch side times ``y = op(x); y.backward(dy)``
-the same way, alternating run by run with pcn's forward + backward (so that both see the same load and caches), with
+the same way, alternating with pcn's forward + backward in turns of ``TURN`` runs (both see the same load), with
 ``torch.set_num_threads`` set to the number of threads NumPy's BLAS uses. ``--threads N`` gives pcn's pool
 (``PCN_THREADS``), BLAS and PyTorch N threads each; ``--clock cpu`` times with the process's CPU time instead of the
 wall clock (steadier on a shared machine; with ``--threads 1`` it is the time of the one thread that works). The pcn
