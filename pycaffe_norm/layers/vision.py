@@ -11,7 +11,7 @@ from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
-from . import cuda_kernels
+from . import cuda_kernels, pool_planes
 from . import im2col as ic
 from .base import Layer, register
 
@@ -382,17 +382,8 @@ class PoolingLayer(Layer):
         for t in top:
             t.reshape((n, c) + self.out)
         self._is_global = self.kernel == (h, w) and not any(self.pad)
-        # padded extent that covers every window: [-pad, (out-1)*stride - pad + kernel)
-        self.padded = tuple(max((o - 1) * s + k, size + p)
-                            for o, s, k, size, p in zip(self.out, self.stride, self.kernel, (h, w), self.pad))
-        self._needs_pad = any(self.pad) or self.padded != (h, w)
-        self._windows = []
-        for i in range(self.kernel[0]):
-            for j in range(self.kernel[1]):
-                self._windows.append((i, j, (Ellipsis, slice(i, i + self.stride[0] * (self.out[0] - 1) + 1,
-                                                                  self.stride[0]),
-                                                  slice(j, j + self.stride[1] * (self.out[1] - 1) + 1,
-                                                        self.stride[1]))))
+        self._planes = pool_planes.PlaneGeometry((h, w), self.kernel, self.stride, self.pad, self.out)
+        self._windows = [(i, j) for i in range(self.kernel[0]) for j in range(self.kernel[1])]  # scan order
         if self.method == _PP.AVE:
             sizes = []
             for size, k, s, p, o in zip((h, w), self.kernel, self.stride, self.pad, self.out):
@@ -401,31 +392,6 @@ class PoolingLayer(Layer):
                 sizes.append(end - start)
             area = np.maximum(np.outer(sizes[0], sizes[1]), 1)  # an empty window (stride > kernel) sums to 0
             self._area = b.xp.asarray(area, dtype=b.dtype)
-
-    def _first_touch(self) -> List[bool]:
-        """Per window (scan order): whether no earlier window covers any position it covers."""
-        key = (self.kernel, self.stride, self.out)
-        if getattr(self, "_first_key", None) != key:
-            first = []
-            for k, (i, j, _) in enumerate(self._windows):
-                first.append(not any(_axis_overlap(i, i2, self.stride[0], self.out[0]) and
-                                     _axis_overlap(j, j2, self.stride[1], self.out[1])
-                                     for i2, j2, _ in self._windows[:k]))
-            self._first, self._first_key = first, key
-        return self._first
-
-    def _pad_block(self, x, fill_value, scratch):
-        """``x`` (a block of images) in the padded extent (padding ``fill_value``), or ``x`` when none is needed."""
-        if not self._needs_pad:
-            return x
-        b = scratch.get("pool_pad", x.shape[:2] + self.padded, x.dtype, _xp(x))
-        (ph, pw), (h, w) = self.pad, self.in_hw
-        b[:, :, :ph] = fill_value  # only the border: the interior is overwritten below
-        b[:, :, ph + h:] = fill_value
-        b[:, :, ph:ph + h, :pw] = fill_value
-        b[:, :, ph:ph + h, pw + w:] = fill_value
-        b[:, :, ph:ph + h, pw:pw + w] = x
-        return b
 
     def forward(self, bottom, top):
         x = bottom[0].data
@@ -443,62 +409,33 @@ class PoolingLayer(Layer):
                 if len(top) > 1:
                     top[1].data.reshape(n, c)[...] = self._arg
                 return
-            lowest = np.finfo(x.dtype).min  # Caffe's starting value: padding never wins against real data
-            wins = self._windows
-            itype = np.int8 if len(wins) < 127 else np.int32
-            # the argmax is kept for backward; everything else is per-thread scratch of one block of images
-            arg = self._ws.get("arg", y.shape, itype, xp)
+            g, (oh, ow) = self._planes, self.out
+            itype = np.int8 if len(self._windows) < 127 else np.int32
+            arg = self._ws.get("arg", (n, c * g.cells), itype, xp)  # kept for backward, on the planes' cell grid
 
             def block(n0, n1):
-                scratch = ic.shared_workspace()
-                xs, ys, ag = self._pad_block(x[n0:n1], lowest, scratch), y[n0:n1], arg[n0:n1]
-                if len(wins) == 1:
-                    ys[...] = xs[wins[0][2]]
-                    ag.fill(0)
-                    return
-                bt = scratch.get("pool_mask", ys.shape, np.bool_, xp)
-                st = scratch.get("pool_step", ys.shape, itype, xp)
-                # The running max alternates between y and a spare buffer (the last write lands in y), so that
-                # "did window k raise it" compares two contiguous arrays, new > old (the same as window > old,
-                # NaN included) instead of reading the strided window a second time.
-                spare = scratch.get("pool_tmp", ys.shape, ys.dtype, xp)
-                bufs = (ys, spare) if len(wins) % 2 == 0 else (spare, ys)
-                v0, v1 = xs[wins[0][2]], xs[wins[1][2]]
-                xp.greater(v1, v0, out=bt)  # strict: ties keep the earlier offset, as Caffe's scan
-                cur = bufs[0]
-                xp.maximum(v0, v1, out=cur)
-                ag[...] = bt
-                for k, (_, _, sl) in enumerate(wins[2:], 2):
-                    new = bufs[(k - 1) % 2]
-                    xp.maximum(cur, xs[sl], out=new)
-                    xp.greater(new, cur, out=bt)
-                    # arg = better ? k : arg, in arithmetic (much faster than a masked copy)
-                    xp.subtract(itype(k), ag, out=st)
-                    xp.multiply(st, bt, out=st)
-                    xp.add(ag, st, out=ag)
-                    cur = new
+                pool_planes.max_forward(g, x[n0:n1].reshape(-1, h, w), y[n0:n1].reshape(-1, oh, ow),
+                                        arg[n0:n1].reshape(-1), ic.shared_workspace(), xp)
 
             parallel.over_batch(n, block, x.size, numpy, _POOL_BLOCK)
             self._arg = arg
             if len(top) > 1:
-                oi = xp.asarray([i for i, _, _ in wins], dtype=np.int64)[arg]
-                oj = xp.asarray([j for _, j, _ in wins], dtype=np.int64)[arg]
-                hh = oi + (xp.arange(self.out[0]) * self.stride[0] - self.pad[0])[:, None]
-                ww = oj + (xp.arange(self.out[1]) * self.stride[1] - self.pad[1])[None, :]
+                k = arg.reshape(n, c, g.hq, g.wq)[:, :, :oh, :ow]
+                oi = xp.asarray([i for i, _ in self._windows], dtype=np.int64)[k]
+                oj = xp.asarray([j for _, j in self._windows], dtype=np.int64)[k]
+                hh = oi + (xp.arange(oh) * self.stride[0] - self.pad[0])[:, None]
+                ww = oj + (xp.arange(ow) * self.stride[1] - self.pad[1])[None, :]
                 inside = (hh >= 0) & (hh < h) & (ww >= 0) & (ww < w)
                 top[1].data[...] = xp.where(inside, hh * w + ww, -1)
         else:
             if self._is_global:
                 y.reshape(n, c)[...] = x.reshape(n, c, h * w).sum(axis=2) / self._area.reshape(())
                 return
-            wins = self._windows
+            g, (oh, ow) = self._planes, self.out
 
             def block(n0, n1):
-                xs, ys = self._pad_block(x[n0:n1], 0, ic.shared_workspace()), y[n0:n1]
-                ys[...] = xs[wins[0][2]]
-                for _, _, sl in wins[1:]:
-                    ys += xs[sl]
-                ys /= self._area
+                pool_planes.ave_forward(g, x[n0:n1].reshape(-1, h, w), y[n0:n1].reshape(-1, oh, ow), self._area,
+                                        ic.shared_workspace(), xp)
 
             parallel.over_batch(n, block, x.size, numpy, _POOL_BLOCK)
 
@@ -519,30 +456,15 @@ class PoolingLayer(Layer):
             else:
                 dx[...] = (dy / self._area).reshape(n, c, 1, 1)
             return
-        wins = self._windows
-        first = self._first_touch() if self.method == _PP.MAX else None
+        g, (oh, ow) = self._planes, self.out
 
         def block(n0, n1):
             scratch = ic.shared_workspace()
-            d = dy[n0:n1]
-            g = dx[n0:n1] if not self._needs_pad else scratch.get("pool_pad", d.shape[:2] + self.padded, d.dtype, xp)
-            g.fill(0)
-            tmp = scratch.get("pool_tmp", d.shape, d.dtype, xp)
+            d3, dx3 = dy[n0:n1].reshape(-1, oh, ow), dx[n0:n1].reshape(-1, h, w)
             if self.method == _PP.MAX:
-                hit, ag = scratch.get("pool_mask", d.shape, np.bool_, xp), self._arg[n0:n1]
-                for k, (_, _, sl) in enumerate(wins):
-                    xp.equal(ag, k, out=hit)
-                    if first[k]:  # no earlier window reaches these positions: write instead of adding to zero
-                        xp.multiply(d, hit, out=g[sl])
-                    else:
-                        xp.multiply(d, hit, out=tmp)
-                        g[sl] += tmp
+                pool_planes.max_backward(g, d3, self._arg[n0:n1].reshape(-1), dx3, scratch, xp)
             else:
-                xp.divide(d, self._area, out=tmp)
-                for _, _, sl in wins:
-                    g[sl] += tmp
-            if self._needs_pad:
-                dx[n0:n1] = g[:, :, ph:ph + h, pw:pw + w]
+                pool_planes.ave_backward(g, d3, self._area, dx3, scratch, xp)
 
         parallel.over_batch(n, block, dx.size, xp is np, _POOL_BLOCK)
 
@@ -630,12 +552,6 @@ class SPPLayer(Layer):
             else:
                 total += bottom[0].diff
         bottom[0].diff[...] = total
-
-
-def _axis_overlap(a: int, b: int, stride: int, out: int) -> bool:
-    """Whether offsets ``a`` and ``b`` of a window reach a common position {a + stride*o} = {b + stride*o'} along
-    an axis with ``out`` outputs."""
-    return (a - b) % stride == 0 and abs(a - b) // stride < out
 
 
 def _xp(a):

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from pycaffe_norm import parallel
 from pycaffe_norm.blob import Blob
 from pycaffe_norm.errors import NetError, ShapeError
-from pycaffe_norm.layers import create_layer
+from pycaffe_norm.layers import create_layer, vision
 from pycaffe_norm.layers import im2col as ic
 from pycaffe_norm.proto import caffe_pb2
 from tests.gradient_check import GradientChecker, make_blob
@@ -490,11 +490,18 @@ POOL_MODES = {
     "max_rect": ("pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0", (1, 2, 4, 5),
                  (3, 2), (1, 2), (1, 0), True),
     "max_overlap_s1": ("pool: MAX kernel_size: 3 stride: 1", (1, 2, 5, 4), (3, 3), (1, 1), (0, 0), True),
+    # kernel smaller than the stride: some pixels reach no window (gradient 0)
+    "max_k2s3": ("pool: MAX kernel_size: 2 stride: 3", (2, 2, 7, 8), (2, 2), (3, 3), (0, 0), True),
+    "max_k2s3_pad": ("pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 3 stride_w: 4 pad_h: 1 pad_w: 2", (1, 2, 8, 9),
+                     (2, 3), (3, 4), (1, 2), True),
     "ave_k2s2": ("pool: AVE kernel_size: 2 stride: 2", (2, 2, 4, 5), (2, 2), (2, 2), (0, 0), True),
     "ave_pad": ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 2, 7, 5), (3, 3), (2, 2), (1, 1), True),
     "ave_pad_clip": ("pool: AVE kernel_size: 2 stride: 2 pad: 1", (2, 2, 3, 5), (2, 2), (2, 2), (1, 1), True),
     "ave_floor": ("pool: AVE kernel_size: 3 stride: 2 round_mode: FLOOR", (1, 2, 6, 7), (3, 3), (2, 2), (0, 0),
                   False),
+    "ave_k1s2": ("pool: AVE kernel_size: 1 stride: 2", (2, 2, 5, 7), (1, 1), (2, 2), (0, 0), True),
+    "ave_k2s3_floor": ("pool: AVE kernel_size: 2 stride: 3 round_mode: FLOOR", (1, 2, 8, 7), (2, 2), (3, 3),
+                       (0, 0), False),
     "ave_rect_pad": ("pool: AVE kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 2", (1, 2, 5, 4),
                      (2, 3), (2, 1), (1, 2), True),
 }
@@ -557,7 +564,7 @@ def test_max_pooling_ties_pick_first_in_scan_order():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("mode", ["max_ceil", "max_pad", "max_rect", "max_overlap_s1", "max_k2s2"])
+@pytest.mark.parametrize("mode", ["max_ceil", "max_pad", "max_rect", "max_overlap_s1", "max_k2s2", "max_k2s3_pad"])
 def test_max_pooling_ties_mask_and_gradient_match_caffe_loops(mode, dtype):
     """Many ties (small integers): the max, the argmax (first maximum in h-major scan order, the mask top) and the
     gradient (scattered to the argmax, overlapping windows summed) equal Caffe's loops exactly."""
@@ -601,16 +608,18 @@ def test_pooling_float32_large_batch_matches_direct():
                                    rtol=1e-6, atol=1e-5)  # float32 sums of values up to ~20
 
 
-@pytest.mark.parametrize("mode", ["max_ceil", "max_pad", "ave_pad", "max_overlap_s1"])
+@pytest.mark.parametrize("mode", ["max_ceil", "max_pad", "ave_pad", "max_overlap_s1", "max_k2s3_pad"])
 def test_pooling_on_threads_equals_one_thread(mode, monkeypatch):
-    """Batch chunks on threads (forced here for a small batch) give bit-identical values, masks and gradients."""
+    """Batch chunks on threads (forced here for a small batch), and blocks of one image each within a thread's
+    chunk, give bit-identical values, masks and gradients."""
     text, shape, *_ = POOL_MODES[mode]
     x = distinct((5,) + shape[1:], 6).astype(np.float32)
     dy = gaussian((5,) + shape[1:], 7)
     results = []
-    for threads in ("1", "3", "3"):
+    for threads, block in (("1", vision._POOL_BLOCK), ("3", vision._POOL_BLOCK), ("3", 1)):
         monkeypatch.setenv("PCN_THREADS", threads)
         monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
+        monkeypatch.setattr(vision, "_POOL_BLOCK", block)
         ntop = 2 if "max" in mode else 1
         layer, b, t = setup_layer('type: "Pooling" pooling_param { %s }' % text, x, dtype=np.float32, ntop=ntop)
         layer.forward(b, t)
