@@ -437,8 +437,15 @@ def _fwd_cols(x, w, bias, y, geom: ConvGeometry, group: int, ws: Workspace) -> N
     m = w.shape[0]
     bl = choose_batch_last(n, c, m, geom)
     wg = w.reshape(group, m // group, -1)
+    per_image = _per_image_products(geom, bl, group)
     for n0, n1 in _chunks(n, c * geom.kernel_count * geom.out_count):
         col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
+        if per_image:  # each image's product written straight into its (M, P) output
+            y3 = y[n0:n1].reshape(n1 - n0, m, geom.out_count)
+            xp.matmul(wg[0], _image_columns(col, n1 - n0), out=y3)
+            if bias is not None:
+                y3 += bias.reshape(1, m, 1)
+            continue
         rows = ws.get("rows", (group, m // group, col.shape[1]), x.dtype, xp)
         xp.matmul(wg, col.reshape(group, -1, col.shape[1]), out=rows)
         from_rows(rows.reshape(m, -1), y[n0:n1], bl, bias)
@@ -449,12 +456,34 @@ def _bwd_weight_cols(x, dy, dw, geom: ConvGeometry, group: int, ws: Workspace) -
     n, c = x.shape[0], x.shape[1]
     m = dw.shape[0]
     bl = choose_batch_last(n, c, m, geom)
+    per_image = _per_image_products(geom, bl, group)
     for n0, n1 in _chunks(n, c * geom.kernel_count * geom.out_count):
         col = im2col(to_layout(x[n0:n1], geom, bl, ws, "xl"), geom, bl, ws)
+        if per_image:  # sum over images of columns (K, P) @ top gradient (P, M), read in place
+            d3 = dy[n0:n1].reshape(n1 - n0, m, geom.out_count)
+            part = xp.matmul(_image_columns(col, n1 - n0), d3.transpose(0, 2, 1))
+            dw += part.sum(axis=0).T.reshape(dw.shape)
+            continue
         rows = to_rows(dy[n0:n1], bl, ws, "rows").reshape(group, m // group, -1)
         # (columns @ rows^T)^T: the transposed product runs 1.2x faster in OpenBLAS than rows @ columns^T
         dw += xp.matmul(col.reshape(group, -1, col.shape[1]), rows.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(
             dw.shape)
+
+
+# Output positions per image from which the full im2col path multiplies image by image (measured on a 2-core x86:
+# LeNet's conv1, 576 positions, 2x faster; CIFAR-10's conv1, 1024, 8% faster; 64 positions slower).
+PER_IMAGE_MIN_POSITIONS = 256
+
+
+def _per_image_products(geom: ConvGeometry, batch_last: bool, group: int) -> bool:
+    """Whether the products run per image: one GEMM per image writes its output in place and reads its top
+    gradient in place (no copy to or from the (M, N * P) rows); pays for many positions per image."""
+    return not batch_last and group == 1 and geom.out_count >= PER_IMAGE_MIN_POSITIONS
+
+
+def _image_columns(col, nb: int):
+    """Columns (K, nb * P) of the batch-first layout as (nb, K, P) per-image views."""
+    return col.reshape(col.shape[0], nb, -1).transpose(1, 0, 2)
 
 
 def _bwd_data_cols(dy, w, dx, geom: ConvGeometry, group: int, ws: Workspace) -> None:
@@ -505,8 +534,12 @@ def _data_rows(geom: ConvGeometry, w, group: int) -> bool:
 
 
 def _bias_grad(dy, db) -> None:
+    """``db`` += the sum of ``dy`` over images and positions: a matrix-vector product with ones, as Caffe's
+    (3x faster than NumPy's reduction over two axes)."""
+    xp = _xp(dy)
     n, m = dy.shape[0], dy.shape[1]
-    db += dy.reshape(n, m, -1).sum(axis=(0, 2))
+    d2 = dy.reshape(n * m, -1)
+    db += xp.matmul(d2, xp.ones(d2.shape[1], dtype=dy.dtype)).reshape(n, m).sum(axis=0)
 
 
 def _over_images(x, fn, elements: int) -> None:

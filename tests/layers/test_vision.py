@@ -22,13 +22,16 @@ TRAIN = caffe_pb2.TRAIN
 GAUSS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
 
-@pytest.fixture(params=[(False, False), (False, True), (True, None)], ids=["batch_first", "batch_last", "rows"])
+@pytest.fixture(params=[(False, False, False), (False, False, True), (False, True, False), (True, None, False)],
+                ids=["batch_first", "per_image", "batch_last", "rows"])
 def layout(request, monkeypatch):
-    """Runs a test under both column layouts of the full im2col path, and with the kernel-row path where it applies
-    (2-D, stride 1; the others still take the im2col path)."""
-    use_rows, batch_last = request.param
+    """Runs a test under both column layouts of the full im2col path (the batch-first one with its products over
+    the whole chunk and image by image, where the group count allows), and with the kernel-row path where it
+    applies (2-D, stride 1; the others still take the im2col path)."""
+    use_rows, batch_last, per_image = request.param
     monkeypatch.setattr(ic, "USE_ROWS", use_rows)
     monkeypatch.setattr(ic, "FORCE_BATCH_LAST", batch_last)
+    monkeypatch.setattr(ic, "PER_IMAGE_MIN_POSITIONS", 0 if per_image else 1 << 62)
     yield request.param
 
 
