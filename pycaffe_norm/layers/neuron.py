@@ -44,6 +44,21 @@ def _rows(a):
     return a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1)
 
 
+_ZEROS: dict = {}
+
+
+def _zeros(n: int, dtype):
+    """A read-only array of at least ``n`` zeros, shared: NumPy's maximum against an array runs ~3x faster than
+    against the scalar 0 (its array loop is vectorised; measured on x86, NumPy 2.4), with the same results."""
+    dtype = np.dtype(dtype)
+    buf = _ZEROS.get(dtype)
+    if buf is None or buf.size < n:
+        buf = np.zeros(max(n, 1), dtype=dtype)
+        buf.flags.writeable = False
+        _ZEROS[dtype] = buf
+    return buf[:n]
+
+
 @register("ReLU")
 class ReLULayer(NeuronLayer):
     """y = max(x, 0) + negative_slope * min(x, 0)."""
@@ -56,7 +71,12 @@ class ReLULayer(NeuronLayer):
         x = bottom[0].data
         if self.negative_slope == 0:
             x2, y2 = _rows(x), _rows(top[0].data)
-            parallel.over_batch(len(x2), lambda a, b: xp.maximum(x2[a:b], 0, out=y2[a:b]), x.size, xp is np)
+            zero = _zeros(x2.size, x2.dtype).reshape(x2.shape) if xp is np else None
+
+            def rows(a, b):
+                xp.maximum(x2[a:b], 0 if zero is None else zero[a:b], out=y2[a:b])
+
+            parallel.over_batch(len(x2), rows, x.size, xp is np)
         else:
             top[0].data[...] = xp.where(x > 0, x, x * self.negative_slope)
 
