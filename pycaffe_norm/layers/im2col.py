@@ -314,6 +314,10 @@ def _kernel_columns(x, pad, kw: int, dw: int, ow: int, ws: Workspace):
         return _wcols(_hnw(x, pad, ws, "xl"), kw, dw, ow, ws)
     col = ws.get("col", (c, kw, h + 2 * ph, n, ow), x.dtype, _xp(x))
     src = x.transpose(1, 2, 0, 3)  # (C, H, N, W)
+    # "Same" width (the usual padded stride-1 layer): the kernel column at offset 0 is x itself in (C, H, N, W)
+    # order, and every other column is that block shifted by a few elements, one long copy per channel, with the
+    # columns that the shift wraps across row ends set to zero. Otherwise each column copies rows of Ow elements.
+    same = ow == w and pw % dw == 0 and pw // dw < kw
     spans = []
     for j in range(kw):  # output columns o read input column o + j * dw - pw: those inside [0, w)
         o_lo = min(ow, max(0, pw - j * dw))
@@ -325,11 +329,24 @@ def _kernel_columns(x, pad, kw: int, dw: int, ow: int, ws: Workspace):
         if ph:
             cc[:, :, :ph] = 0
             cc[:, :, ph + h:] = 0
+        if same:
+            center = pw // dw
+            block = cc[:, center, ph:ph + h]
+            block[...] = src[c0:c1]
+            flat, length = block.reshape(c1 - c0, -1), h * n * w
         for j, (o_lo, o_hi, i_lo) in enumerate(spans):
             inner = cc[:, j, ph:ph + h]
-            inner[..., :o_lo] = 0
-            inner[..., o_hi:] = 0
-            inner[..., o_lo:o_hi] = src[c0:c1, ..., i_lo:i_lo + o_hi - o_lo]
+            if same and j != center:
+                shift, out = j * dw - pw, inner.reshape(c1 - c0, -1)
+                if shift > 0:
+                    out[:, :length - shift] = flat[:, shift:]
+                else:
+                    out[:, -shift:] = flat[:, :length + shift]
+            elif not same:
+                inner[..., o_lo:o_hi] = src[c0:c1, ..., i_lo:i_lo + o_hi - o_lo]
+            rows = inner.reshape(c1 - c0, h * n, ow)
+            for o in list(range(o_lo)) + list(range(o_hi, ow)):  # one strided pass per zero column
+                rows[:, :, o] = 0
 
     _by_channel(c, part, col)
     return col

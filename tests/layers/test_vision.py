@@ -180,6 +180,9 @@ CONV_MODES = {
     "pad1": ("num_output: 3 kernel_size: 3 pad: 1", (2, 2, 4, 5)),
     "stride2_pad2": ("num_output: 2 kernel_size: 3 stride: 2 pad: 2", (2, 3, 5, 5)),
     "dilation2": ("num_output: 2 kernel_size: 2 dilation: 2 pad: 1", (2, 2, 6, 5)),
+    # "same" width: the kernel-row path shifts one copy of the input for the other kernel columns
+    "k5_pad2": ("num_output: 3 kernel_size: 5 pad: 2", (2, 3, 6, 7)),
+    "dilation2_same": ("num_output: 2 kernel_size: 3 dilation: 2 pad: 2", (2, 2, 6, 5)),
     "group2": ("num_output: 4 kernel_size: 2 group: 2", (2, 4, 4, 4)),
     "group3_stride": ("num_output: 3 kernel_size: 2 group: 3 stride: 2 pad: 1", (1, 3, 5, 4)),
     "rect": ("num_output: 2 kernel_h: 3 kernel_w: 1 stride_h: 1 stride_w: 2 pad_h: 0 pad_w: 1", (2, 2, 5, 4)),
