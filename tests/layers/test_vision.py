@@ -496,6 +496,8 @@ POOL_MODES = {
     "max_rect": ("pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0", (1, 2, 4, 5),
                  (3, 2), (1, 2), (1, 0), True),
     "max_overlap_s1": ("pool: MAX kernel_size: 3 stride: 1", (1, 2, 5, 4), (3, 3), (1, 1), (0, 0), True),
+    # 144 windows: the argmax is kept as int32 instead of int8
+    "max_k12_int32": ("pool: MAX kernel_size: 12 stride: 1", (1, 2, 13, 14), (12, 12), (1, 1), (0, 0), True),
     # kernel smaller than the stride: some pixels reach no window (gradient 0)
     "max_k2s3": ("pool: MAX kernel_size: 2 stride: 3", (2, 2, 7, 8), (2, 2), (3, 3), (0, 0), True),
     "max_k2s3_pad": ("pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 3 stride_w: 4 pad_h: 1 pad_w: 2", (1, 2, 8, 9),
@@ -570,7 +572,8 @@ def test_max_pooling_ties_pick_first_in_scan_order():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("mode", ["max_ceil", "max_pad", "max_rect", "max_overlap_s1", "max_k2s2", "max_k2s3_pad"])
+@pytest.mark.parametrize("mode", ["max_ceil", "max_pad", "max_rect", "max_overlap_s1", "max_k2s2", "max_k2s3_pad",
+                                  "max_k12_int32"])
 def test_max_pooling_ties_mask_and_gradient_match_caffe_loops(mode, dtype):
     """Many ties (small integers): the max, the argmax (first maximum in h-major scan order, the mask top) and the
     gradient (scattered to the argmax, overlapping windows summed) equal Caffe's loops exactly."""
