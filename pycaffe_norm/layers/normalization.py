@@ -17,6 +17,7 @@ from ..errors import NetError
 from ..fillers import fill
 from ..proto import caffe_pb2
 from . import cuda_kernels
+from . import per_channel as pc
 from .base import TEST, Layer, register
 from .im2col import shared_workspace
 
@@ -186,17 +187,17 @@ class BatchNormLayer(Layer):
     def _output(self, xp, xn, y, inv_std, rd, c0: int, c1: int) -> None:
         """Channels [c0, c1): x_norm *= inv_std, then top = x_norm (* r + d) (* scale + bias)."""
         s = xn.shape[2]
-        xn, y = _flat(xn), _flat(y)
+        xn, y = pc.rows(xn), pc.rows(y)
         row = xn.shape[1]
-        xn *= _per_channel(xp, inv_std, s, row)
+        xn *= pc.channel_row(xp, inv_std, s, row)
         src = xn
         if rd is not None:            # Batch Renormalization: x_norm * r + d
-            xp.multiply(xn, _per_channel(xp, rd[0][c0:c1], s, row), out=y)
-            y += _per_channel(xp, rd[1][c0:c1], s, row)
+            xp.multiply(xn, pc.channel_row(xp, rd[0][c0:c1], s, row), out=y)
+            y += pc.channel_row(xp, rd[1][c0:c1], s, row)
             src = y
         if self.scale_bias:
-            xp.multiply(src, _per_channel(xp, self.blobs[3].data[c0:c1], s, row), out=y)
-            y += _per_channel(xp, self.blobs[4].data[c0:c1], s, row)
+            xp.multiply(src, pc.channel_row(xp, self.blobs[3].data[c0:c1], s, row), out=y)
+            y += pc.channel_row(xp, self.blobs[4].data[c0:c1], s, row)
         elif src is xn:
             y[...] = xn
 
@@ -216,10 +217,10 @@ class BatchNormLayer(Layer):
 
             def channels(c0: int, c1: int) -> None:
                 xs, ns = x3[:, c0:c1], xn[:, c0:c1]
-                mean[c0:c1] = _chan_sum(xp, xs) / dt(m)
-                xf = _flat(xs)
-                xp.subtract(xf, _per_channel(xp, mean[c0:c1], xs.shape[2], xf.shape[1]), out=_flat(ns))
-                var[c0:c1] = _chan_dot(xp, ns, ns) / dt(m)
+                mean[c0:c1] = pc.channel_sum(xp, xs) / dt(m)
+                xf = pc.rows(xs)
+                xp.subtract(xf, pc.channel_row(xp, mean[c0:c1], xs.shape[2], xf.shape[1]), out=pc.rows(ns))
+                var[c0:c1] = pc.channel_dot(xp, ns, ns) / dt(m)
                 inv[c0:c1] = (1 / xp.sqrt(var[c0:c1] + dt(self.eps))).astype(x.dtype)
                 self._output(xp, ns, y[:, c0:c1], inv[c0:c1], None, c0, c1)
 
@@ -233,13 +234,13 @@ class BatchNormLayer(Layer):
             mean = self.blobs[0].data * factor
             var = self.blobs[1].data * factor
         else:
-            total, m = _sync_sums(self, xp, _chan_sum(xp, x3), m=m)     # sync_stats: over all ranks' batches
+            total, m = _sync_sums(self, xp, pc.channel_sum(xp, x3), m=m)     # sync_stats: over all ranks' batches
             mean = total / dt(m)
         self._m = m
-        xf = _flat(x3)
-        xp.subtract(xf, _per_channel(xp, mean, x3.shape[2], xf.shape[1]), out=_flat(xn))
+        xf = pc.rows(x3)
+        xp.subtract(xf, pc.channel_row(xp, mean, x3.shape[2], xf.shape[1]), out=pc.rows(xn))
         if not self.use_global_stats:
-            var = _sync_sums(self, xp, _chan_dot(xp, xn, xn))[0] / dt(m)
+            var = _sync_sums(self, xp, pc.channel_dot(xp, xn, xn))[0] / dt(m)
             if self.renorm:     # r and d come from the running statistics before this batch's update
                 self._rd = _renorm_rd(self, xp, mean, var)
             self._update_running(mean, var, m)
@@ -275,7 +276,7 @@ class BatchNormLayer(Layer):
             def channels(c0: int, c1: int) -> None:
                 ds, ns = dy[:, c0:c1], xn[:, c0:c1]
                 if need_sums:
-                    sum_dy[c0:c1], sum_dyx[c0:c1] = _chan_sum(xp, ds), _chan_dot(xp, ds, ns)
+                    sum_dy[c0:c1], sum_dyx[c0:c1] = pc.channel_sum(xp, ds), pc.channel_dot(xp, ds, ns)
                 if prop:
                     self._input_diff(xp, ds, ns, dx[:, c0:c1], coef[c0:c1],
                                      None if self.use_global_stats else (sum_dy[c0:c1], sum_dyx[c0:c1]), m)
@@ -284,7 +285,7 @@ class BatchNormLayer(Layer):
             if need_sums:
                 self._param_diffs((sum_dy, sum_dyx))
             return
-        sums = (_chan_sum(xp, dy), _chan_dot(xp, dy, xn)) if need_sums else None   # sum(dy), sum(dy * x_norm)
+        sums = (pc.channel_sum(xp, dy), pc.channel_dot(xp, dy, xn)) if need_sums else None   # sum(dy), sum(dy * x_norm)
         self._param_diffs(sums)
         if not propagate_down[0]:
             return
@@ -306,16 +307,16 @@ class BatchNormLayer(Layer):
         """dx = dy * coef with global statistics; else (dy - mean(dy) - mean(dy * x_norm) * x_norm) * coef, means
         over N and the spatial axes (``sums``: their per-channel sums)."""
         s = xn.shape[2]
-        dy, xn, dx = _flat(dy), _flat(xn), _flat(dx)
+        dy, xn, dx = pc.rows(dy), pc.rows(xn), pc.rows(dx)
         row = xn.shape[1]
         if sums is None:
-            xp.multiply(dy, _per_channel(xp, coef, s, row), out=dx)
+            xp.multiply(dy, pc.channel_row(xp, coef, s, row), out=dx)
             return
         tmp = shared_workspace().get("batch_norm_tmp", xn.shape, xn.dtype, xp)
-        xp.multiply(xn, _per_channel(xp, sums[1] / m, s, row), out=tmp)
-        xp.subtract(dy, _per_channel(xp, sums[0] / m, s, row), out=dx)     # dx may be dy (in place): read first
+        xp.multiply(xn, pc.channel_row(xp, sums[1] / m, s, row), out=tmp)
+        xp.subtract(dy, pc.channel_row(xp, sums[0] / m, s, row), out=dx)     # dx may be dy (in place): read first
         dx -= tmp
-        dx *= _per_channel(xp, coef, s, row)
+        dx *= pc.channel_row(xp, coef, s, row)
 
 
 def renorm_limits(schedule, iteration: float) -> Tuple[float, float]:
@@ -371,51 +372,6 @@ def _buffer(layer: Layer, name: str, xp, shape, dtype):
     if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or backend.array_module(buf) is not xp:
         buf = bufs[name] = xp.empty(shape, dtype=dtype)
     return buf
-
-
-# Rows of about this many elements for the per-channel broadcasts: NumPy's broadcasting loop costs ~0.2 us per
-# row, so (100, 2048) runs at half the speed of (10, 20480) (measured on x86, NumPy 2.4).
-BROADCAST_ROW = 1 << 15
-
-
-def _flat(a):
-    """A C-contiguous (N, C, S) array, or a channel range of one, as the 2-D view the per-channel broadcasts run
-    on: (N, C * S), or with whole arrays k samples per row, (N / k, k * C * S), so that rows are long. Both reshape
-    without a copy (a channel range spans whole rows of S)."""
-    n = a.shape[0]
-    row = a.size // max(n, 1)
-    k = 1
-    if a.flags.c_contiguous and row:
-        k = max(d for d in range(1, min(n, max(1, BROADCAST_ROW // row)) + 1) if n % d == 0)
-    return a.reshape(n // k, k * row)
-
-
-def _per_channel(xp, v, s: int, row: int):
-    """A per-channel vector (C,) repeated over the S positions of each channel, as one row of ``row`` elements
-    (the row length of the ``_flat`` view it broadcasts against, a multiple of C * S)."""
-    c = v.shape[0]
-    r = xp.empty((row // (c * s), c, s), dtype=v.dtype)
-    r[...] = v.reshape(1, c, 1)
-    return r.reshape(1, row)
-
-
-def _chan_sum(xp, a):
-    """Sum over axes 0 and 2 of an (N, C, S) array -> (C,): per-(n, c) sums over S (einsum's loop: 1.5x faster
-    than BLAS dot products with ones at S = 64), then over n."""
-    if cuda_kernels.enabled(xp):  # one block per channel
-        return cuda_kernels.chan_dot(a)
-    if a.shape[2] == 1:
-        return a[:, :, 0].sum(axis=0)
-    return xp.einsum("ncs->nc", a).sum(axis=0)
-
-
-def _chan_dot(xp, a, b):
-    """Sum over axes 0 and 2 of a*b for (N, C, S) arrays -> (C,): per-(n, c) dot products, then over n."""
-    if cuda_kernels.enabled(xp):
-        return cuda_kernels.chan_dot(a, b)
-    if a.shape[2] == 1:
-        return xp.einsum("nc,nc->c", a[:, :, 0], b[:, :, 0])
-    return xp.matmul(a[:, :, None, :], b[:, :, :, None])[:, :, 0, 0].sum(axis=0)
 
 
 def _prod(shape) -> int:
