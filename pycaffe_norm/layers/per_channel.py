@@ -25,6 +25,8 @@ def channel_row(xp, v, s: int, row: int):
     """A per-channel vector (C,) repeated over the S positions of each channel, as one row of ``row`` elements
     (the row length of the ``rows`` view it broadcasts against, a multiple of C * S)."""
     c = v.shape[0]
+    if row == 0 or c * s == 0:  # an empty blob
+        return xp.empty((1, row), dtype=v.dtype)
     r = xp.empty((row // (c * s), c, s), dtype=v.dtype)
     r[...] = v.reshape(1, c, 1)
     return r.reshape(1, row)

@@ -10,6 +10,7 @@ from typing import List, Tuple
 from ..blob import Blob
 from ..errors import NetError
 from ..fillers import fill
+from . import per_channel as pc
 from .base import Layer, register
 
 
@@ -46,14 +47,12 @@ def _broadcast_dims(layer: Layer, bottom: Blob, param_shape: tuple, axis: int, w
     return outer, dim, bottom.count_range(axis + len(param_shape))
 
 
-def _reduce_outer_inner(xp, a, outer: int, dim: int, inner: int):
-    """Sum of an (outer*dim*inner) array over the outer and inner axes -> (dim,)."""
-    a = a.reshape(outer, dim, inner)
-    if inner > 1:
-        a = a.sum(axis=2)
-    else:
-        a = a[:, :, 0]
-    return a.sum(axis=0) if outer > 1 else a[0]
+def _broadcast(xp, op, x, v, dims, out) -> None:
+    """``out = op(x, v)`` with ``v`` (dim,) broadcast over the outer and inner axes of (outer, dim, inner) arrays,
+    along long rows (``per_channel.rows``)."""
+    outer, dim, inner = dims
+    xr, outr = pc.rows(x.reshape(dims)), pc.rows(out.reshape(dims))
+    op(xr, pc.channel_row(xp, v.reshape(dim), inner, xr.shape[1]), out=outr)
 
 
 @register("Bias")
@@ -80,17 +79,16 @@ class BiasLayer(Layer):
             top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
-        outer, dim, inner = self._dims
-        b = (bottom[1] if len(bottom) > 1 else self.blobs[0]).data.reshape(1, dim, 1)
-        x = bottom[0].data.reshape(outer, dim, inner)
-        bottom[0].xp.add(x, b, out=top[0].data.reshape(outer, dim, inner))
+        xp = bottom[0].xp
+        b = bottom[1] if len(bottom) > 1 else self.blobs[0]
+        _broadcast(xp, xp.add, bottom[0].data, b.data, self._dims, top[0].data)
 
     def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
         xp = bottom[0].xp
         dy = top[0].diff
         two = len(bottom) > 1
         if (two and propagate_down[1]) or (not two and self.param_propagate_down[0]):
-            g = _reduce_outer_inner(xp, dy, *self._dims)
+            g = pc.channel_sum(xp, dy.reshape(self._dims))
             if two:
                 bottom[1].diff[...] = g.reshape(bottom[1].shape)
             else:
@@ -150,16 +148,19 @@ class ScaleLayer(Layer):
 
     def forward(self, bottom: List[Blob], top: List[Blob]) -> None:
         xp = bottom[0].xp
-        # In place, the scale gradient needs the input that the output overwrites.
-        self._x_saved = bottom[0].data.copy() if top[0] is bottom[0] else None
-        outer, dim, inner = self._dims
-        s = self._scale(bottom).data.reshape(1, dim, 1)
-        y = top[0].data.reshape(outer, dim, inner)
-        xp.multiply(bottom[0].data.reshape(outer, dim, inner), s, out=y)
+        # In place, the scale gradient needs the input that the output overwrites (kept in a buffer, as Caffe's temp_).
+        x = bottom[0].data
+        self._x_saved = None
+        if top[0] is bottom[0]:
+            saved = getattr(self, "_x_buffer", None)
+            if saved is None or saved.shape != x.shape or saved.dtype != x.dtype or type(saved) is not type(x):
+                saved = self._x_buffer = xp.empty_like(x)
+            saved[...] = x
+            self._x_saved = saved
+        _broadcast(xp, xp.multiply, x, self._scale(bottom).data, self._dims, top[0].data)
         if self.bias_index is not None:
-            bo, bd, bi = self._bias_dims
-            yb = top[0].data.reshape(bo, bd, bi)
-            yb += self.blobs[self.bias_index].data.reshape(1, bd, 1)
+            y = top[0].data
+            _broadcast(xp, xp.add, y, self.blobs[self.bias_index].data, self._bias_dims, y)
 
     def backward(self, top: List[Blob], propagate_down: List[bool], bottom: List[Blob]) -> None:
         xp = bottom[0].xp
@@ -167,18 +168,15 @@ class ScaleLayer(Layer):
         two = len(bottom) > 1
         if self.bias_index is not None and self.param_propagate_down[self.bias_index]:
             bias = self.blobs[self.bias_index]
-            bias.diff[...] += _reduce_outer_inner(xp, dy, *self._bias_dims).reshape(bias.shape)
+            bias.diff[...] += pc.channel_sum(xp, dy.reshape(self._bias_dims)).reshape(bias.shape)
         scale = self._scale(bottom)
         if (two and propagate_down[1]) or (not two and self.param_propagate_down[0]):
             x = self._x_saved if self._x_saved is not None else bottom[0].data
-            g = _reduce_outer_inner(xp, dy * x, *self._dims).reshape(scale.shape)
+            g = pc.channel_dot(xp, dy.reshape(self._dims), x.reshape(self._dims)).reshape(scale.shape)
             if two:
                 scale.diff[...] = g
             else:
                 scale.diff[...] += g
         if propagate_down[0]:
-            outer, dim, inner = self._dims
-            s = scale.data.reshape(1, dim, 1)
-            d = bottom[0].diff.reshape(outer, dim, inner)
-            xp.multiply(dy.reshape(outer, dim, inner), s, out=d)
+            _broadcast(xp, xp.multiply, dy, scale.data, self._dims, bottom[0].diff)
 
