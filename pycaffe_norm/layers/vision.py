@@ -382,6 +382,10 @@ class PoolingLayer(Layer):
         for t in top:
             t.reshape((n, c) + self.out)
         self._is_global = self.kernel == (h, w) and not any(self.pad)
+        key = (h, w, self.kernel, b.dtype, b.xp)
+        if getattr(self, "_geometry_key", None) == key:  # reshape runs every forward: keep what depends on (H, W)
+            return
+        self._geometry_key = key
         self._planes = pool_planes.PlaneGeometry((h, w), self.kernel, self.stride, self.pad, self.out)
         self._windows = [(i, j) for i in range(self.kernel[0]) for j in range(self.kernel[1])]  # scan order
         if self.method == _PP.AVE:
