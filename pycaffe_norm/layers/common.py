@@ -198,6 +198,9 @@ class EltwiseLayer(Layer):
         xp = bottom[0].xp
         E = caffe_pb2.EltwiseParameter
         dy = top[0].diff
+        if self.op == E.SUM:
+            self._sum_backward(xp, top, propagate_down, bottom)
+            return
         data = [self._saved.get(i, b.data) if self.op == E.PROD else b.data for i, b in enumerate(bottom)]
         grads = {}
         for i, down in enumerate(propagate_down):
@@ -217,13 +220,26 @@ class EltwiseLayer(Layer):
                             prod = prod * d
                         g = prod / data[i]
                 grads[i] = g * dy
-            elif self.op == E.SUM:
-                grads[i] = dy * self.coeffs[i] if self.coeffs[i] != 1 else dy.copy()
             else:
                 grads[i] = xp.where(self.mask == i, dy, 0)
         # Written after all are computed: in place, one bottom diff is the top diff.
         for i, g in grads.items():
             bottom[i].diff[...] = g
+
+    def _sum_backward(self, xp, top, propagate_down, bottom) -> None:
+        """bottom_i.diff = coeff_i * dy, written straight into each diff (no temporaries); in place, the bottom
+        whose diff is the top's is scaled last, after the others have read it."""
+        dy = top[0].diff
+        for i, down in enumerate(propagate_down):
+            if not down or bottom[i] is top[0]:
+                continue
+            if self.coeffs[i] != 1:
+                xp.multiply(dy, dy.dtype.type(self.coeffs[i]), out=bottom[i].diff)
+            else:
+                bottom[i].diff[...] = dy
+        for i, down in enumerate(propagate_down):
+            if down and bottom[i] is top[0] and self.coeffs[i] != 1:
+                dy *= dy.dtype.type(self.coeffs[i])
 
 
 @register("Flatten")

@@ -122,6 +122,24 @@ def test_eltwise_sum_coeff():
     gradcheck('type: "Eltwise"', [a, b])
 
 
+@pytest.mark.parametrize("in_place", [0, 1])
+def test_eltwise_sum_coeff_in_place(in_place):
+    """Top = one of the bottoms: every bottom diff is its coefficient times the top diff as it was, the shared one
+    scaled after the others read it."""
+    a, b = three()[:2]
+    dy = gaussian((2, 3, 4), seed=9)
+    layer = make_layer('type: "Eltwise" eltwise_param { operation: SUM coeff: 2 coeff: -0.5 }')
+    bottom = [make_blob(a), make_blob(b)]
+    top = [bottom[in_place]]
+    layer.initialize(bottom, top)
+    layer.forward(bottom, top)
+    np.testing.assert_allclose(top[0].data, 2 * a - 0.5 * b, rtol=1e-14)
+    top[0].diff[...] = dy
+    layer.backward(top, [True, True], bottom)
+    np.testing.assert_array_equal(bottom[0].diff, 2 * dy)
+    np.testing.assert_array_equal(bottom[1].diff, -0.5 * dy)
+
+
 @pytest.mark.parametrize("stable", ["true", "false"])
 def test_eltwise_prod(stable):
     a, b, c = three()
