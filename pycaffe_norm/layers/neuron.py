@@ -48,8 +48,9 @@ _ZEROS: dict = {}
 
 
 def _zeros(n: int, dtype):
-    """A read-only array of at least ``n`` zeros, shared: NumPy's maximum against an array runs ~3x faster than
-    against the scalar 0 (its array loop is vectorised; measured on x86, NumPy 2.4), with the same results."""
+    """A read-only array of at least ``n`` zeros, shared: NumPy's maximum against an array runs ~2.5x faster than
+    against the scalar 0 (its array loop is vectorised; 819K float32: 300 -> 123 us on x86, NumPy 2.4), with the same
+    results."""
     dtype = np.dtype(dtype)
     buf = _ZEROS.get(dtype)
     if buf is None or buf.size < n:
