@@ -290,6 +290,17 @@ def _hnw(x, pad, ws: Workspace, key: str):
     return buf
 
 
+def _pixel_rows(a, group: int, ws: Workspace, key: str):
+    """``a`` (N, C, H, W) -> (group, H * N * W, C / group): one row of channels per position, positions in the
+    kernel columns' (H, N, W) order. As the right operand of a weight gradient's product it runs ~12% faster in
+    OpenBLAS than the transposed (C, H * N * W) rows (83 against 74 GFLOP/s on CIFAR-10's conv2), and the copy costs
+    the same."""
+    n, c, h, w = a.shape
+    buf = ws.get(key, (h, n, w, c), a.dtype, _xp(a))
+    buf[...] = a.transpose(2, 0, 3, 1)
+    return buf.reshape(h * n * w, group, c // group).transpose(1, 0, 2)
+
+
 def _wcols(xl, kw: int, dw: int, ow: int, ws: Workspace):
     """``xl`` (C, Hp, N, Wp) -> (C, kw, Hp, N, Ow): the inputs of each kernel column, ``xl[..., j*dw : j*dw+ow]``."""
     c, hp, n, wp = xl.shape
@@ -409,9 +420,9 @@ def _bwd_weight_rows(x, dy, dw, geom: ConvGeometry, group: int, ws: Workspace) -
     dwr = None
     for n0, n1 in _chunks(x.shape[0], x.shape[1] * kw * geom.padded_shape[0] * ow, 2):
         slabs = _slabs(_kernel_columns(x[n0:n1], geom.pad, kw, dwl, ow, ws), group, kh, dh, oh)
-        rows = _hnw(dy[n0:n1], (0, 0), ws, "dyrows").reshape(group, mg, -1)
-        # slab @ rows^T, i.e. the transposed product: OpenBLAS runs it 1.2x faster than rows @ slab^T here
-        part = xp.stack([xp.matmul(s, rows.transpose(0, 2, 1)) for s in slabs])  # (kh, group, Cg * kw, Mg)
+        rows = _pixel_rows(dy[n0:n1], group, ws, "dyrows")
+        # slab @ rows: OpenBLAS runs it 1.2x faster than rows^T @ slab^T here
+        part = xp.stack([xp.matmul(s, rows) for s in slabs])  # (kh, group, Cg * kw, Mg)
         dwr = part if dwr is None else dwr + part
     dw.reshape(group, mg, cg, kh, kw)[...] += dwr.reshape(kh, group, cg, kw, mg).transpose(1, 4, 2, 0, 3)
 
@@ -440,8 +451,8 @@ def _bwd_both_rows(x, dy, w, dx, dw, geom: ConvGeometry, group: int, ws: Workspa
     for n0, n1 in _chunks(dy.shape[0], m * kw * (dy.shape[2] + 2 * pad[0]) * wd, 2):
         col = _kernel_columns(dy[n0:n1], pad, kw, dwl, wd, ws)
         _rows_to_nchw(_correlate(col, wf, dh, h, ws), dx[n0:n1], None)
-        rows = _hnw(x[n0:n1], (0, 0), ws, "xrows").reshape(group, cg, -1)
-        part = xp.stack([xp.matmul(s, rows.transpose(0, 2, 1)) for s in _slabs(col, group, kh, dh, h)])
+        rows = _pixel_rows(x[n0:n1], group, ws, "xrows")
+        part = xp.stack([xp.matmul(s, rows) for s in _slabs(col, group, kh, dh, h)])
         acc = part if acc is None else acc + part     # (kh, group, Mg * kw, Cg), rotated kernel rows and columns
     dw.reshape(group, mg, cg, kh, kw)[...] += acc.reshape(kh, group, mg, kw, cg)[::-1, :, :, ::-1].transpose(
         1, 2, 4, 0, 3)
