@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import parallel
 from . import cuda_kernels
+from .per_channel import channel_sum
 
 # Tests set this to True/False to force a layout; None picks by the cost estimate in ``choose_batch_last``.
 FORCE_BATCH_LAST: Optional[bool] = None
@@ -562,12 +563,10 @@ def _data_rows(geom: ConvGeometry, w, group: int) -> bool:
 
 
 def _bias_grad(dy, db) -> None:
-    """``db`` += the sum of ``dy`` over images and positions: a matrix-vector product with ones, as Caffe's
-    (3x faster than NumPy's reduction over two axes)."""
-    xp = _xp(dy)
+    """``db`` += the sum of ``dy`` over images and positions (``per_channel.channel_sum``: 3x faster than NumPy's
+    reduction over two axes, 1.4x faster than a matrix-vector product with ones)."""
     n, m = dy.shape[0], dy.shape[1]
-    d2 = dy.reshape(n * m, -1)
-    db += xp.matmul(d2, xp.ones(d2.shape[1], dtype=dy.dtype)).reshape(n, m).sum(axis=0)
+    db += channel_sum(_xp(dy), dy.reshape(n, m, -1))
 
 
 def _over_images(x, fn, elements: int) -> None:
