@@ -11,7 +11,10 @@ from .base import Layer, register
 
 @register("Split")
 class SplitLayer(Layer):
-    """Copies one bottom to several tops; backward sums the tops' diffs. The Net inserts these itself."""
+    """One bottom read by several tops; backward sums the tops' diffs. The Net inserts these itself.
+
+    As Caffe's (``ShareData``), the tops' data are views of the bottom's, so forward copies nothing: a split top is
+    never written in place (the Net refuses a net where it would be, as Caffe does)."""
 
     exact_num_bottom = 1
     min_top = 1
@@ -20,11 +23,10 @@ class SplitLayer(Layer):
         for t in top:
             if t is not bottom[0]:
                 t.reshape(bottom[0].shape)
+                t.share_data(bottom[0])
 
     def forward(self, bottom, top):
-        for t in top:
-            if t is not bottom[0]:
-                t.data[...] = bottom[0].data
+        pass
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:

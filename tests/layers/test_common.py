@@ -42,6 +42,21 @@ def test_split_copies_and_sums():
     np.testing.assert_allclose(b.diff, 6 * x)
 
 
+def test_split_tops_share_the_bottom_data():
+    """As Caffe's ShareData: the tops are views of the bottom's data (no copy), and follow it when it is reshaped;
+    their diffs are their own."""
+    x = gaussian((2, 3))
+    layer, (b,), tops = run('type: "Split"', [x], n_tops=2, top_diffs=[x, 2 * x])
+    for t in tops:
+        assert np.shares_memory(t.data, b.data)
+        assert not np.shares_memory(t.diff, b.diff)
+    b.data[...] = 7.0
+    np.testing.assert_array_equal(tops[1].data, np.full((2, 3), 7.0))
+    b.reshape((4, 5))
+    layer.reshape([b], tops)
+    assert tops[0].shape == (4, 5) and np.shares_memory(tops[0].data, b.data)
+
+
 def test_split_gradient():
     assert gradcheck('type: "Split"', [gaussian((2, 3, 2))], n_tops=3) == 12
 
